@@ -1,0 +1,138 @@
+"""Plain-NumPy kernels: the teaching version and the oracle for the fast ones.
+
+Every fast kernel in ``cpu.py`` (Numba) and ``gpu.py`` (CUDA) has the same
+signature and must return the same numbers as the function of the same name
+here; ``tests/kernels`` checks that over a sweep of shapes.
+
+Conventions shared by all kernels
+---------------------------------
+* ``x`` is ``(N, C, H, W)``; ``kernel``, ``stride`` and ``dilation`` are pairs
+  ``(along H, along W)``; ``padding`` is ``(top, bottom, left, right)``.
+* Output size: ``floor((H + top + bottom - dilation*(k-1) - 1) / stride) + 1``.
+* ``im2col`` lays patches out as ``(C*kh*kw, N*Ho*Wo)``: row ``c*kh*kw + i*kw + j``
+  matches ``weight.reshape(C_out, -1)``, column ``n*Ho*Wo + oh*Wo + ow`` is one
+  output position, so a convolution is one GEMM: ``W2d @ cols``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+__all__ = [
+    "output_hw", "im2col", "col2im",
+    "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
+    "depthwise_forward", "depthwise_backward",
+]
+
+
+def output_hw(x_shape, kernel, stride, padding, dilation=(1, 1)) -> tuple[int, int]:
+    _, _, h, w = x_shape
+    (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
+    return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1,
+            (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _windows(x, kernel, stride, padding, dilation, fill=0.0):
+    """A read-only view ``(N, C, Ho, Wo, kh, kw)`` of every (dilated) window of padded ``x``."""
+    (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
+    ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
+    padded = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=fill)
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    view = sliding_window_view(padded, span, axis=(2, 3))
+    return view[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, ::dh, ::dw]
+
+
+def _add_windows(dwin, x_shape, kernel, stride, padding, dilation):
+    """Adjoint of ``_windows``: scatter-add ``(N, C, Ho, Wo, kh, kw)`` back onto ``x``'s grid."""
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
+    ho, wo = dwin.shape[2:4]
+    padded = np.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dwin.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            padded[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh,
+                         j * dw : j * dw + sw * (wo - 1) + 1 : sw] += dwin[:, :, :, :, i, j]
+    return padded[:, :, pt : pt + h, pl : pl + w]
+
+
+def im2col(x, kernel, stride, padding, dilation):
+    """Unfold every receptive field of ``x`` into a column: ``(C*kh*kw, N*Ho*Wo)``."""
+    n, c = x.shape[:2]
+    win = _windows(x, kernel, stride, padding, dilation)           # N, C, Ho, Wo, kh, kw
+    cols = win.transpose(1, 4, 5, 0, 2, 3)                          # C, kh, kw, N, Ho, Wo
+    return np.ascontiguousarray(cols).reshape(c * kernel[0] * kernel[1], -1)
+
+
+def col2im(cols, x_shape, kernel, stride, padding, dilation):
+    """Adjoint of ``im2col``: sum every column entry back onto the pixel it came from."""
+    n, c = x_shape[:2]
+    ho, wo = output_hw(x_shape, kernel, stride, padding, dilation)
+    dwin = cols.reshape(c, kernel[0], kernel[1], n, ho, wo).transpose(3, 0, 4, 5, 1, 2)
+    return _add_windows(dwin, x_shape, kernel, stride, padding, dilation)
+
+
+def maxpool_forward(x, kernel, stride, padding):
+    """Max over each window; padded cells are ``-inf`` so they never win.
+
+    Returns ``(y, argmax)``: ``argmax`` holds, for each output, the flat index
+    ``h * W + w`` of the winning input pixel in its ``(H, W)`` plane. Ties go to
+    the first window position in row-major order.
+    """
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (pt, pb, pl, pr) = kernel, stride, padding
+    win = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
+    ho, wo = win.shape[2:4]
+    flat = win.reshape(n, c, ho, wo, kh * kw)
+    pos = flat.argmax(axis=-1)
+    y = np.take_along_axis(flat, pos[..., None], axis=-1)[..., 0]
+    rows = np.arange(ho)[:, None] * sh + pos // kw - pt
+    cols = np.arange(wo)[None, :] * sw + pos % kw - pl
+    return y, (rows * w + cols).astype(np.int64)
+
+
+def maxpool_backward(dy, argmax, x_shape):
+    """Route each output gradient to the input pixel that won its window (summing repeats)."""
+    n, c, h, w = x_shape
+    dx = np.zeros((n * c, h * w), dtype=dy.dtype)
+    plane = np.repeat(np.arange(n * c), dy.shape[2] * dy.shape[3])
+    np.add.at(dx, (plane, argmax.reshape(-1)), dy.reshape(-1))
+    return dx.reshape(x_shape)
+
+
+def avgpool_forward(x, kernel, stride, padding):
+    """Mean over each window; padded cells count as zeros (divisor ``kh*kw``, as torch's default)."""
+    win = _windows(x, kernel, stride, padding, (1, 1))
+    return win.sum(axis=(-2, -1)) / (kernel[0] * kernel[1])
+
+
+def avgpool_backward(dy, x_shape, kernel, stride, padding):
+    """Spread each output gradient evenly, ``dy / (kh*kw)``, over its window."""
+    dwin = np.broadcast_to((dy / (kernel[0] * kernel[1]))[..., None, None], dy.shape + tuple(kernel))
+    return _add_windows(dwin, x_shape, kernel, stride, padding, (1, 1))
+
+
+def depthwise_forward(x, weight, stride, padding, dilation):
+    """Each input channel convolved with its own ``m`` filters (torch ``groups=C``).
+
+    ``weight`` is ``(C*m, 1, kh, kw)``; output channel ``c*m + j`` is input channel
+    ``c`` convolved with filter ``c*m + j``.
+    """
+    n, c = x.shape[:2]
+    kh, kw = weight.shape[2:]
+    m = weight.shape[0] // c
+    win = _windows(x, (kh, kw), stride, padding, dilation)
+    y = np.einsum("nchwkl,cmkl->ncmhw", win, weight.reshape(c, m, kh, kw))
+    return y.reshape(n, c * m, *win.shape[2:4])
+
+
+def depthwise_backward(dy, x, weight, stride, padding, dilation):
+    """Returns ``(dx, dweight)`` for ``depthwise_forward``."""
+    n, c = x.shape[:2]
+    kh, kw = weight.shape[2:]
+    m = weight.shape[0] // c
+    win = _windows(x, (kh, kw), stride, padding, dilation)
+    dy5 = dy.reshape(n, c, m, *dy.shape[2:])
+    dweight = np.einsum("ncmhw,nchwkl->cmkl", dy5, win).reshape(weight.shape)
+    dwin = np.einsum("ncmhw,cmkl->nchwkl", dy5, weight.reshape(c, m, kh, kw))
+    dx = _add_windows(dwin, x.shape, (kh, kw), stride, padding, dilation)
+    return dx, dweight
