@@ -27,6 +27,7 @@ __all__ = [
     "to_device",
     "to_numpy",
     "is_cupy_array",
+    "require_cupy",
     "check_same_device",
     "set_workspace_limit",
     "get_workspace_limit",
@@ -90,6 +91,14 @@ def _load_cupy():
     return _cupy
 
 
+def require_cupy():
+    """The ``cupy`` module, or :class:`BackendUnavailableError` saying what is missing."""
+    cupy = _load_cupy()
+    if cupy is None:
+        raise BackendUnavailableError(_cupy_error)
+    return cupy
+
+
 def available() -> list[str]:
     """The backends this machine can run: always ``'numpy'``, plus ``'cupy'`` with a GPU."""
     names = ["numpy"]
@@ -144,10 +153,7 @@ def to_device(x, name: str | None = None):
     if name == "numpy":
         return to_numpy(x)
     if name == "cupy":
-        cupy = _load_cupy()
-        if cupy is None:
-            raise BackendUnavailableError(_cupy_error)
-        return cupy.asarray(x)
+        return require_cupy().asarray(x)
     raise ValueError(f"to_device expected one of {_BACKENDS}, got {name!r}")
 
 
