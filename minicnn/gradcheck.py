@@ -162,6 +162,10 @@ def check_model(model, x, y, loss, seed: int = 0, step: float = STEP,
     model.astype(np.float64)
     x = backend.to_device(np.array(x, dtype=np.float64))
     y = backend.to_device(np.asarray(y))
+    if not model.built:
+        # Build before the first reseed: building draws weights from the shared generator,
+        # which would otherwise shift every later dropout mask.
+        model.build(tuple(x.shape[1:]))
 
     def objective() -> float:
         reseed(seed)

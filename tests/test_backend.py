@@ -1,0 +1,37 @@
+"""Backend selection and its errors, on any machine."""
+import numpy as np
+import pytest
+
+from minicnn import backend
+
+
+def test_numpy_backend_is_default_and_available():
+    assert backend.get_backend() == "numpy"
+    assert backend.available()[0] == "numpy"
+    assert backend.get_array_module() is np
+
+
+def test_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match="set_backend expected one of .*'tensorflow'"):
+        backend.set_backend("tensorflow")
+
+
+@pytest.mark.skipif("cupy" in backend.available(), reason="this machine has CuPy and a GPU")
+def test_cupy_without_cupy_or_gpu_says_which_and_how_to_install():
+    with pytest.raises(backend.BackendUnavailableError) as err:
+        backend.set_backend("cupy")
+    message = str(err.value)
+    assert "CuPy is not installed" in message or "no CUDA GPU" in message
+    assert "pip install" in message or "nvidia-smi" in message
+    assert backend.get_backend() == "numpy"  # a failed switch changes nothing
+
+
+def test_workspace_limit_is_validated_and_settable():
+    old = backend.get_workspace_limit()
+    try:
+        backend.set_workspace_limit(1)
+        assert backend.get_workspace_limit() == 2**20
+        with pytest.raises(ValueError, match="positive"):
+            backend.set_workspace_limit(0)
+    finally:
+        backend.set_workspace_limit(old / 2**20)
