@@ -135,10 +135,15 @@ def check_layer(layer, input_shape, seed: int = 0, training: bool = True,
 
 
 def check_loss(loss, pred_shape, target, seed: int = 0, step: float = STEP,
-               tolerance: float = TOLERANCE) -> GradReport:
-    """Check ``loss.backward()`` against finite differences of ``loss.forward(pred, target)``."""
+               tolerance: float = TOLERANCE, pred=None) -> GradReport:
+    """Check ``loss.backward()`` against finite differences of ``loss.forward(pred, target)``.
+
+    ``pred`` defaults to standard-normal logits of ``pred_shape``; pass it to check
+    losses whose input has a restricted range (probabilities for BCE).
+    """
     rng = np.random.default_rng(seed)
-    pred = backend.to_device(rng.standard_normal(pred_shape))
+    pred = rng.standard_normal(pred_shape) if pred is None else np.array(pred, dtype=np.float64)
+    pred = backend.to_device(pred)
     target = backend.to_device(np.asarray(target))
     loss.forward(pred, target)
     analytic = backend.to_numpy(loss.backward())
