@@ -1,2 +1,480 @@
-"""(being written)"""
-__all__ = []
+"""Convolution layers: Conv2D, DepthwiseConv2D, SeparableConv2D, Conv2DTranspose.
+
+A convolution (strictly, a cross-correlation, as in every deep-learning library)
+slides a ``kh x kw`` window over the zero-padded input::
+
+    y[n, o, i, j] = b[o] + sum_{c, p, q} W[o, c, p, q] * x_pad[n, c, i*sh + p*dh, j*sw + q*dw]
+
+im2col turns this into one matrix product. Every receptive field is unrolled into
+a column, ``cols = im2col(x)`` of shape ``(C_in*kh*kw, N*Ho*Wo)``, and the weight
+is flattened to ``W2 = W.reshape(C_out, C_in*kh*kw)``, so that::
+
+    Y2 = W2 @ cols               (C_out, N*Ho*Wo)  -> reshaped to (N, C_out, Ho, Wo)
+
+The backward pass is two more GEMMs. With ``dY2`` the upstream gradient in the
+same layout as ``Y2``::
+
+    dW2   = dY2 @ cols.T         (each weight met every column it multiplied)
+    dcols = W2.T @ dY2           (each column entry fed every output channel)
+    dx    = col2im(dcols)        (the adjoint of im2col: a pixel that appeared in
+                                  several windows sums the gradients of all of them)
+
+A transposed convolution is this picture read backwards: its forward pass is the
+``dx`` line above and its backward pass is the forward line, so ``Conv2DTranspose``
+reuses the same three helpers with the roles of ``x`` and ``y`` swapped.
+
+Memory: ``cols`` is ``kh*kw`` times larger than the input. The helpers split the
+batch into chunks of samples whose columns fit in
+``minicnn.backend.get_workspace_limit()`` bytes, so memory does not grow with the
+batch size. A 1x1 kernel with stride 1 and no padding needs no im2col at all: the
+input, viewed as ``(N, C, H*W)``, is already its own column matrix.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import kernels
+from ..backend import get_array_module, get_workspace_limit
+from ..initializers import init_weight
+from .activations import get_activation
+from .base import Layer
+from .shapes import as_pair, conv_output_size, resolve_padding
+
+__all__ = ["Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"]
+
+_UNIT = (1, 1)
+_NO_PAD = (0, 0, 0, 0)
+
+
+# ---------------------------------------------------------------------- im2col + GEMM plumbing
+def _is_pointwise(kernel, stride, pads) -> bool:
+    return tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and not any(pads)
+
+
+def _batch_chunks(n: int, bytes_per_sample: int) -> list[slice]:
+    """Slices of the batch whose im2col columns fit the workspace limit (>= 1 sample each)."""
+    step = max(1, get_workspace_limit() // max(1, bytes_per_sample))
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _to_gemm(y):
+    """``(N, C, H, W) -> (C, N*H*W)``: the column order of ``im2col``."""
+    return y.transpose(1, 0, 2, 3).reshape(y.shape[1], -1)
+
+
+def _from_gemm(y2, n: int, h: int, w: int):
+    """``(C, N*H*W) -> (N, C, H, W)``."""
+    return y2.reshape(-1, n, h, w).transpose(1, 0, 2, 3)
+
+
+def _conv_forward(x, weight, stride, pads, dilation, keep_cols: bool = False):
+    """``y = conv(x, weight)`` without bias: im2col + one GEMM per chunk of samples.
+
+    Returns ``(y, cols)``; ``cols`` are the columns of the whole batch when
+    ``keep_cols`` is set and they fit in one chunk (backward reuses them), else ``None``.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    c_out, kernel = weight.shape[0], weight.shape[2:]
+    w2d = weight.reshape(c_out, -1)
+    if _is_pointwise(kernel, stride, pads):
+        # (C_out, C) @ (N, C, H*W): the input is already the column matrix.
+        return xp.matmul(w2d, x.reshape(n, c, h * w)).reshape(n, c_out, h, w), None
+    ho, wo = kernels.output_hw(x.shape, kernel, stride, pads, dilation)
+    chunks = _batch_chunks(n, w2d.shape[1] * ho * wo * x.itemsize)
+    y = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
+    for part in chunks:
+        cols = kernels.im2col(x[part], kernel, stride, pads, dilation)
+        y[part] = _from_gemm(w2d @ cols, x[part].shape[0], ho, wo)
+    return y, (cols if keep_cols and len(chunks) == 1 else None)
+
+
+def _conv_weight_grad(dy, x, weight_shape, stride, pads, dilation, cols=None):
+    """``dW2 = dY2 @ cols.T``, summed over chunks of samples; reuses ``cols`` when given."""
+    xp = get_array_module(dy)
+    n, c_out = dy.shape[:2]
+    kernel = weight_shape[2:]
+    if _is_pointwise(kernel, stride, pads):
+        dw2d = xp.tensordot(dy.reshape(n, c_out, -1), x.reshape(n, x.shape[1], -1), axes=([0, 2], [0, 2]))
+        return dw2d.reshape(weight_shape)
+    if cols is not None:
+        return (_to_gemm(dy) @ cols.T).reshape(weight_shape)
+    bytes_per_sample = math.prod(weight_shape[1:]) * dy.shape[2] * dy.shape[3] * dy.itemsize
+    dw2d = sum(_to_gemm(dy[part]) @ kernels.im2col(x[part], kernel, stride, pads, dilation).T
+               for part in _batch_chunks(n, bytes_per_sample))
+    return dw2d.reshape(weight_shape)
+
+
+def _conv_input_grad(dy, weight, x_shape, stride, pads, dilation):
+    """``dx = col2im(W2.T @ dY2)`` per chunk of samples: the adjoint of ``_conv_forward``."""
+    xp = get_array_module(dy)
+    n, c_out, ho, wo = dy.shape
+    kernel = weight.shape[2:]
+    w2d = weight.reshape(c_out, -1)
+    if _is_pointwise(kernel, stride, pads):
+        return xp.matmul(w2d.T, dy.reshape(n, c_out, ho * wo)).reshape(x_shape)
+    dx = xp.empty(x_shape, dtype=dy.dtype)
+    for part in _batch_chunks(n, w2d.shape[1] * ho * wo * dy.itemsize):
+        dcols = w2d.T @ _to_gemm(dy[part])
+        dx[part] = kernels.col2im(dcols, dx[part].shape, kernel, stride, pads, dilation)
+    return dx
+
+
+# ---------------------------------------------------------------------- argument checks
+def _positive_int(value, what: str, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{owner} expected {what} as an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{owner} expected {what} >= 1, got {value}")
+    return int(value)
+
+
+def _check_padding(padding, owner: str):
+    """``'same'``/``'valid'`` as given, anything else as a validated ``(ph, pw)``."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{owner} expected padding 'same', 'valid', an int or a pair, got {padding!r}")
+        return padding
+    return as_pair(padding, "padding", owner, minimum=0)
+
+
+class _ConvLayer(Layer):
+    """What the convolution layers share: argument checks, lazy parameters, padding.
+
+    Parameters are created by ``_create_params(in_channels)`` as soon as the
+    number of input channels is known: in the constructor when ``in_channels``
+    is given, otherwise on the first ``build``.
+    """
+
+    input_rank = 3
+
+    def __init__(self, kernel_size, stride, padding, dilation, bias, activation, in_channels,
+                 dtype=np.float32, name=None):
+        super().__init__(dtype, name)
+        self.kernel_size = as_pair(kernel_size, "kernel_size", self.name)
+        self.stride = as_pair(stride, "stride", self.name)
+        self.dilation = as_pair(dilation, "dilation", self.name)
+        self.padding = _check_padding(padding, self.name)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"{self.name} expected bias as True or False, got {bias!r}")
+        self.use_bias = bool(bias)
+        self.activation_name = activation
+        self.activation = get_activation(activation, self.name, dtype)
+        self.in_channels = None if in_channels is None else _positive_int(in_channels, "in_channels", self.name)
+
+    def build(self, input_shape) -> None:
+        input_shape = tuple(int(s) for s in input_shape)
+        self._check_rank(input_shape, with_batch=False)
+        if self.in_channels is not None and input_shape[0] != self.in_channels:
+            raise ValueError(f"{self.name} expected {self.in_channels} input channels, "
+                             f"got {input_shape[0]} (input shape {input_shape})")
+        self.output_shape(input_shape)  # raises if the kernel does not fit this input
+        super().build(input_shape)
+        if not self.params:
+            self.in_channels = input_shape[0]
+            self._create_params(self.in_channels)
+
+    def _create_params(self, in_channels: int) -> None:
+        raise NotImplementedError
+
+    def _prepare(self, x):
+        # Check channels before building, so the error shows the whole batch's shape.
+        if self.in_channels is not None and getattr(x, "ndim", 0) == 4:
+            self._expect_input(x, "input channels", 1, self.in_channels)
+        return super()._prepare(x)
+
+    def _geometry(self, h: int, w: int):
+        """``(pads, (Ho, Wo))`` for an ``H x W`` input; pads are ``(top, bottom, left, right)``."""
+        pads = resolve_padding(self.padding, self.kernel_size, self.stride, self.dilation, (h, w), self.name)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        return pads, (conv_output_size(h, kh, sh, pads[0] + pads[1], dh),
+                      conv_output_size(w, kw, sw, pads[2] + pads[3], dw))
+
+    def _finish_forward(self, x, y, training):
+        """Add the bias, cache the input and output shape, apply the activation."""
+        if self.use_bias:
+            y += self.params["bias"][:, None, None]
+        self._cache_x, self._cache_y_shape = x, y.shape
+        return self.activation.forward(y, training)
+
+    def _start_backward(self, dy):
+        """Check ``dy``, go back through the activation, and fill the bias gradient."""
+        if getattr(self, "_cache_x", None) is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        if tuple(dy.shape) != tuple(self._cache_y_shape):
+            raise ValueError(f"{self.name}.backward expected dy of shape {tuple(self._cache_y_shape)}, "
+                             f"got {tuple(dy.shape)}")
+        dy = self.activation.backward(dy.astype(self.dtype, copy=False))
+        if self.use_bias:
+            self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))
+        return dy
+
+
+# ---------------------------------------------------------------------- layers
+class Conv2D(_ConvLayer):
+    """2-D convolution: ``y = act(conv(x, W) + b)``, PyTorch ``nn.Conv2d`` numerics.
+
+    Forward::
+
+        y[n, o, i, j] = b[o] + sum_{c,p,q} W[o, c, p, q] * x_pad[n, c, i*sh + p*dh, j*sw + q*dw]
+        computed as   Y2 = W.reshape(C_out, -1) @ im2col(x) + b
+
+    Shapes: ``x`` (N, C_in, H, W) -> ``y`` (N, C_out, Ho, Wo) with
+    ``Ho = floor((H + pad_top + pad_bottom - dh*(kh-1) - 1) / sh) + 1`` (likewise Wo);
+    ``weight`` (C_out, C_in, kh, kw), ``bias`` (C_out,).
+
+    Backward (``dY2`` = ``dy`` in GEMM layout (C_out, N*Ho*Wo))::
+
+        dW = (dY2 @ cols.T).reshape(W.shape)     db = sum_{n,i,j} dy[n, :, i, j]
+        dx = col2im(W2.T @ dY2)
+
+    Padding is an int, ``(ph, pw)``, ``'valid'`` (0) or ``'same'`` (``ceil(H / stride)``
+    outputs, the odd extra row/column at the bottom/right, TensorFlow's rule); it is
+    resolved per call because ``'same'`` depends on the input size.
+
+    Large batches are processed in chunks of samples so the im2col columns stay within
+    ``minicnn.backend.get_workspace_limit()`` bytes. Forward in training keeps the
+    columns for backward when the whole batch fits in one chunk; otherwise backward
+    recomputes them chunk by chunk. With ``skip_input_grad`` set (a model's first
+    layer) backward fills the gradients but skips ``dx`` and returns ``None``.
+    """
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
+                 activation=None, in_channels=None, dtype=np.float32, name=None):
+        super().__init__(kernel_size, stride, padding, dilation, bias, activation, in_channels, dtype, name)
+        self.out_channels = _positive_int(out_channels, "out_channels", self.name)
+        if self.in_channels is not None:
+            self._create_params(self.in_channels)
+
+    def _create_params(self, in_channels: int) -> None:
+        shape = (self.out_channels, in_channels, *self.kernel_size)
+        self.add_param("weight", init_weight(shape, self.activation_name, self.dtype))
+        if self.use_bias:
+            self.add_param("bias", np.zeros(self.out_channels))
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        pads, _ = self._geometry(*x.shape[2:])
+        y, cols = _conv_forward(x, self.params["weight"], self.stride, pads, self.dilation,
+                                keep_cols=training)
+        self._cache_cols, self._cache_pads = cols, pads
+        return self._finish_forward(x, y, training)
+
+    def backward(self, dy):
+        dy = self._start_backward(dy)
+        x, weight, pads = self._cache_x, self.params["weight"], self._cache_pads
+        self.grads["weight"][...] = _conv_weight_grad(dy, x, weight.shape, self.stride, pads,
+                                                      self.dilation, cols=self._cache_cols)
+        if self.skip_input_grad:
+            return None
+        return _conv_input_grad(dy, weight, x.shape, self.stride, pads, self.dilation)
+
+    def output_shape(self, input_shape) -> tuple:
+        self._check_rank(tuple(input_shape), with_batch=False)
+        _, (ho, wo) = self._geometry(*input_shape[1:])
+        return (self.out_channels, ho, wo)
+
+
+class DepthwiseConv2D(_ConvLayer):
+    """Depthwise convolution: every input channel convolved with its own ``m`` filters.
+
+    Equal to torch ``nn.Conv2d(C_in, C_in*m, k, groups=C_in)``. Output channel
+    ``c*m + j`` is input channel ``c`` convolved with filter ``c*m + j``::
+
+        y[n, c*m + j, i, l] = b[c*m + j] + sum_{p,q} W[c*m + j, 0, p, q] * x_pad[n, c, i*sh + p*dh, l*sw + q*dw]
+
+    Shapes: ``x`` (N, C_in, H, W) -> ``y`` (N, C_in*m, Ho, Wo); ``weight`` (C_in*m, 1, kh, kw),
+    ``bias`` (C_in*m,). Output size and padding as ``Conv2D``.
+
+    Backward: each filter touches one channel only, so im2col + GEMM would waste a
+    factor C_in on zeros; ``kernels.depthwise_backward`` computes directly::
+
+        dW[c*m + j, 0, p, q] = sum_{n,i,l} dy[n, c*m + j, i, l] * x_pad[n, c, i*sh + p*dh, l*sw + q*dw]
+        dx_pad[n, c, i*sh + p*dh, l*sw + q*dw] += sum_j dy[n, c*m + j, i, l] * W[c*m + j, 0, p, q]
+
+    ``db`` sums ``dy`` over batch and space. The MobileNet building block: with
+    ``m = 1`` a 3x3 depthwise layer on C channels has ``10*C`` parameters
+    against ``(9*C + 1)*C_out`` for a full 3x3 convolution.
+    """
+
+    def __init__(self, kernel_size, depth_multiplier=1, stride=1, padding=0, dilation=1, bias=True,
+                 activation=None, in_channels=None, dtype=np.float32, name=None):
+        super().__init__(kernel_size, stride, padding, dilation, bias, activation, in_channels, dtype, name)
+        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier", self.name)
+        if self.in_channels is not None:
+            self._create_params(self.in_channels)
+
+    def _create_params(self, in_channels: int) -> None:
+        channels, (kh, kw) = in_channels * self.depth_multiplier, self.kernel_size
+        # A filter sees kh*kw inputs of one channel; each channel feeds m filters.
+        weight = init_weight((channels, 1, kh, kw), self.activation_name, self.dtype,
+                             fan_in=kh * kw, fan_out=self.depth_multiplier * kh * kw)
+        self.add_param("weight", weight)
+        if self.use_bias:
+            self.add_param("bias", np.zeros(channels))
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        pads, _ = self._geometry(*x.shape[2:])
+        y = kernels.depthwise_forward(x, self.params["weight"], self.stride, pads, self.dilation)
+        self._cache_pads = pads
+        return self._finish_forward(x, y, training)
+
+    def backward(self, dy):
+        dy = self._start_backward(dy)
+        dx, dweight = kernels.depthwise_backward(dy, self._cache_x, self.params["weight"],
+                                                 self.stride, self._cache_pads, self.dilation)
+        self.grads["weight"][...] = dweight
+        return None if self.skip_input_grad else dx
+
+    def output_shape(self, input_shape) -> tuple:
+        self._check_rank(tuple(input_shape), with_batch=False)
+        _, (ho, wo) = self._geometry(*input_shape[1:])
+        return (input_shape[0] * self.depth_multiplier, ho, wo)
+
+
+class SeparableConv2D(_ConvLayer):
+    """Depthwise-separable convolution (Keras semantics): depthwise, then pointwise 1x1.
+
+    Forward::
+
+        z = depthwise(x, W_d)                       (N, C_in*m, Ho, Wo), no bias
+        y = act(W_p.reshape(C_out, C_in*m) @ z + b) (N, C_out, Ho, Wo), a 1x1 convolution
+
+    Shapes: ``depthwise_weight`` (C_in*m, 1, kh, kw), ``pointwise_weight`` (C_out, C_in*m, 1, 1),
+    ``bias`` (C_out,). Stride, padding and dilation apply to the depthwise step.
+
+    Backward, the chain rule through the two steps::
+
+        dW_p = sum_n dy[n] @ z[n].T      dz = W_p.T @ dy      db = sum_{n,i,j} dy
+        (dx, dW_d) = depthwise_backward(dz)
+
+    ``C_in*m*(kh*kw + C_out) + C_out`` parameters instead of ``C_in*kh*kw*C_out + C_out``.
+    """
+
+    def __init__(self, out_channels, kernel_size, depth_multiplier=1, stride=1, padding=0, dilation=1,
+                 bias=True, activation=None, in_channels=None, dtype=np.float32, name=None):
+        super().__init__(kernel_size, stride, padding, dilation, bias, activation, in_channels, dtype, name)
+        self.out_channels = _positive_int(out_channels, "out_channels", self.name)
+        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier", self.name)
+        if self.in_channels is not None:
+            self._create_params(self.in_channels)
+
+    def _create_params(self, in_channels: int) -> None:
+        mid, (kh, kw) = in_channels * self.depth_multiplier, self.kernel_size
+        # No non-linearity between the two steps, so the depthwise step is initialised as linear.
+        self.add_param("depthwise_weight", init_weight((mid, 1, kh, kw), None, self.dtype, fan_in=kh * kw,
+                                                       fan_out=self.depth_multiplier * kh * kw))
+        self.add_param("pointwise_weight", init_weight((self.out_channels, mid, 1, 1),
+                                                       self.activation_name, self.dtype))
+        if self.use_bias:
+            self.add_param("bias", np.zeros(self.out_channels))
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        pads, _ = self._geometry(*x.shape[2:])
+        z = kernels.depthwise_forward(x, self.params["depthwise_weight"], self.stride, pads, self.dilation)
+        y, _ = _conv_forward(z, self.params["pointwise_weight"], _UNIT, _NO_PAD, _UNIT)
+        self._cache_z, self._cache_pads = z, pads
+        return self._finish_forward(x, y, training)
+
+    def backward(self, dy):
+        dy = self._start_backward(dy)
+        z, pointwise = self._cache_z, self.params["pointwise_weight"]
+        self.grads["pointwise_weight"][...] = _conv_weight_grad(dy, z, pointwise.shape, _UNIT, _NO_PAD, _UNIT)
+        dz = _conv_input_grad(dy, pointwise, z.shape, _UNIT, _NO_PAD, _UNIT)
+        dx, ddepthwise = kernels.depthwise_backward(dz, self._cache_x, self.params["depthwise_weight"],
+                                                    self.stride, self._cache_pads, self.dilation)
+        self.grads["depthwise_weight"][...] = ddepthwise
+        return None if self.skip_input_grad else dx
+
+    def output_shape(self, input_shape) -> tuple:
+        self._check_rank(tuple(input_shape), with_batch=False)
+        _, (ho, wo) = self._geometry(*input_shape[1:])
+        return (self.out_channels, ho, wo)
+
+
+class Conv2DTranspose(_ConvLayer):
+    """Transposed convolution ("deconvolution"), PyTorch ``nn.ConvTranspose2d`` numerics.
+
+    Take the ordinary convolution ``conv: (N, C_out, Hy, Wy) -> (N, C_in, H, W)``
+    whose weight is this layer's ``weight`` (C_in, C_out, kh, kw). This layer's
+    forward pass is that convolution's *input gradient*, and its backward pass is
+    that convolution's forward pass::
+
+        forward:   y  = col2im(W2.T @ X2) + b          W2 = W.reshape(C_in, C_out*kh*kw),
+                                                       X2 = x in GEMM layout (C_in, N*H*W)
+        backward:  dx = conv(dy, W)   = W2 @ im2col(dy)
+                   dW = (X2 @ im2col(dy).T).reshape(W.shape)     db = sum_{n,i,j} dy
+
+    so it uses the same im2col/col2im kernels and GEMM helpers as ``Conv2D``, with
+    the roles of input and output swapped (and the same bounded workspace).
+
+    Shapes: ``x`` (N, C_in, H, W) -> ``y`` (N, C_out, Hy, Wy) with::
+
+        Hy = (H - 1)*sh - 2*ph + (kh - 1) + output_padding_h + 1      (likewise Wy)
+
+    ``output_padding`` (< stride, torch's rule) picks among the output sizes that the
+    strided convolution maps back to ``H``. ``padding='same'`` gives ``Hy = H*sh``: it is
+    the exact transpose of ``Conv2D(padding='same')`` on an ``H*sh`` input (TensorFlow's
+    ``conv2d_transpose``, the odd extra row/column at the bottom/right), and needs
+    ``output_padding = 0``. ``'valid'`` is padding 0.
+    """
+
+    def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0, bias=True,
+                 activation=None, in_channels=None, dtype=np.float32, name=None):
+        super().__init__(kernel_size, stride, padding, 1, bias, activation, in_channels, dtype, name)
+        self.out_channels = _positive_int(out_channels, "out_channels", self.name)
+        self.output_padding = as_pair(output_padding, "output_padding", self.name, minimum=0)
+        if any(op >= s for op, s in zip(self.output_padding, self.stride)):
+            raise ValueError(f"{self.name} expected output_padding smaller than stride (as torch), "
+                             f"got output_padding {self.output_padding} with stride {self.stride}")
+        if self.padding == "same" and any(self.output_padding):
+            raise ValueError(f"{self.name} with padding='same' always outputs H*stride; "
+                             f"expected output_padding 0, got {self.output_padding}")
+        if self.in_channels is not None:
+            self._create_params(self.in_channels)
+
+    def _create_params(self, in_channels: int) -> None:
+        shape = (in_channels, self.out_channels, *self.kernel_size)
+        self.add_param("weight", init_weight(shape, self.activation_name, self.dtype))
+        if self.use_bias:
+            self.add_param("bias", np.zeros(self.out_channels))
+
+    def forward(self, x, training=False):
+        x = self._prepare(x)
+        pads, (hy, wy) = self._geometry(*x.shape[2:])
+        y_shape = (x.shape[0], self.out_channels, hy, wy)
+        y = _conv_input_grad(x, self.params["weight"], y_shape, self.stride, pads, _UNIT)
+        self._cache_pads = pads
+        return self._finish_forward(x, y, training)
+
+    def backward(self, dy):
+        dy = self._start_backward(dy)
+        x, weight, pads = self._cache_x, self.params["weight"], self._cache_pads
+        dx, cols = None, None
+        if not self.skip_input_grad:
+            dx, cols = _conv_forward(dy, weight, self.stride, pads, _UNIT, keep_cols=True)
+        # The conv's weight gradient, with dy as its input and x as its upstream gradient.
+        self.grads["weight"][...] = _conv_weight_grad(x, dy, weight.shape, self.stride, pads, _UNIT, cols=cols)
+        return dx
+
+    def output_shape(self, input_shape) -> tuple:
+        self._check_rank(tuple(input_shape), with_batch=False)
+        _, (hy, wy) = self._geometry(*input_shape[1:])
+        return (self.out_channels, hy, wy)
+
+    def _geometry(self, h: int, w: int):
+        """``(pads, (Hy, Wy))``: the padding of the underlying conv and this layer's output size."""
+        (kh, kw), (sh, sw), (oph, opw) = self.kernel_size, self.stride, self.output_padding
+        if self.padding == "same":
+            out_hw = (h * sh, w * sw)
+            return resolve_padding("same", self.kernel_size, self.stride, _UNIT, out_hw, self.name), out_hw
+        ph, pw = (0, 0) if self.padding == "valid" else self.padding
+        out_hw = ((h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw)
+        if min(out_hw) < 1:
+            raise ValueError(f"{self.name} padding {(ph, pw)} is too large for kernel {self.kernel_size} "
+                             f"on a {h}x{w} input: the output would be {out_hw[0]}x{out_hw[1]}")
+        return (ph, ph, pw, pw), out_hw
