@@ -93,6 +93,16 @@ def _sample(size: int, limit: int | None, rng) -> np.ndarray:
     return np.sort(rng.choice(size, size=limit, replace=False))
 
 
+def _compare(targets, analytic, objective, step, tolerance, max_checks, rng) -> GradReport:
+    """Finite differences of ``objective`` for a sample of each target, against ``analytic``."""
+    report = GradReport(tolerance=tolerance)
+    for name, array in targets:
+        idx = _sample(array.size, max_checks, rng)
+        numeric = _numeric_grad(objective, array, idx, step)
+        report.max_rel_error[name] = relative_error(analytic[name].reshape(-1)[idx], numeric)
+    return report
+
+
 def check_layer(layer, input_shape, seed: int = 0, training: bool = True,
                 step: float = STEP, tolerance: float = TOLERANCE,
                 max_checks: int | None = 150, x=None) -> GradReport:
@@ -125,13 +135,8 @@ def check_layer(layer, input_shape, seed: int = 0, training: bool = True,
     analytic = {"input": dx}
     analytic.update({name: backend.to_numpy(grad).copy() for name, _, grad in layer.named_parameters()})
 
-    report = GradReport(tolerance=tolerance)
     targets = [("input", x)] + [(name, param) for name, param, _ in layer.named_parameters()]
-    for name, array in targets:
-        idx = _sample(array.size, max_checks, rng)
-        numeric = _numeric_grad(loss, array, idx, step)
-        report.max_rel_error[name] = relative_error(analytic[name].reshape(-1)[idx], numeric)
-    return report
+    return _compare(targets, analytic, loss, step, tolerance, max_checks, rng)
 
 
 def check_loss(loss, pred_shape, target, seed: int = 0, step: float = STEP,
@@ -182,10 +187,5 @@ def check_model(model, x, y, loss, seed: int = 0, step: float = STEP,
     analytic = {"input": dx}
     analytic.update({name: backend.to_numpy(grad).copy() for name, _, grad in model.named_parameters()})
 
-    report = GradReport(tolerance=tolerance)
     targets = [("input", x)] + [(name, param) for name, param, _ in model.named_parameters()]
-    for name, array in targets:
-        idx = _sample(array.size, max_checks, rng)
-        numeric = _numeric_grad(objective, array, idx, step)
-        report.max_rel_error[name] = relative_error(analytic[name].reshape(-1)[idx], numeric)
-    return report
+    return _compare(targets, analytic, objective, step, tolerance, max_checks, rng)

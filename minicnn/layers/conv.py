@@ -40,7 +40,7 @@ from ..backend import get_array_module, get_workspace_limit
 from ..initializers import init_weight
 from .activations import get_activation
 from .base import Layer
-from .shapes import as_pair, conv_output_size, resolve_padding
+from .shapes import as_pair, positive_int, conv_output_size, resolve_padding
 
 __all__ = ["Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"]
 
@@ -123,12 +123,6 @@ def _conv_input_grad(dy, weight, x_shape, stride, pads, dilation):
 
 
 # ---------------------------------------------------------------------- argument checks
-def _positive_int(value, what: str, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{owner} expected {what} as an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{owner} expected {what} >= 1, got {value}")
-    return int(value)
 
 
 def _check_padding(padding, owner: str):
@@ -162,7 +156,7 @@ class _ConvLayer(Layer):
         self.use_bias = bool(bias)
         self.activation_name = activation
         self.activation = get_activation(activation, self.name, dtype)
-        self.in_channels = None if in_channels is None else _positive_int(in_channels, "in_channels", self.name)
+        self.in_channels = None if in_channels is None else positive_int(in_channels, "in_channels", self.name)
 
     def build(self, input_shape) -> None:
         input_shape = tuple(int(s) for s in input_shape)
@@ -244,7 +238,7 @@ class Conv2D(_ConvLayer):
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, in_channels=None, dtype=np.float32, name=None):
         super().__init__(kernel_size, stride, padding, dilation, bias, activation, in_channels, dtype, name)
-        self.out_channels = _positive_int(out_channels, "out_channels", self.name)
+        self.out_channels = positive_int(out_channels, "out_channels", self.name)
         if self.in_channels is not None:
             self._create_params(self.in_channels)
 
@@ -302,7 +296,7 @@ class DepthwiseConv2D(_ConvLayer):
     def __init__(self, kernel_size, depth_multiplier=1, stride=1, padding=0, dilation=1, bias=True,
                  activation=None, in_channels=None, dtype=np.float32, name=None):
         super().__init__(kernel_size, stride, padding, dilation, bias, activation, in_channels, dtype, name)
-        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier", self.name)
+        self.depth_multiplier = positive_int(depth_multiplier, "depth_multiplier", self.name)
         if self.in_channels is not None:
             self._create_params(self.in_channels)
 
@@ -357,8 +351,8 @@ class SeparableConv2D(_ConvLayer):
     def __init__(self, out_channels, kernel_size, depth_multiplier=1, stride=1, padding=0, dilation=1,
                  bias=True, activation=None, in_channels=None, dtype=np.float32, name=None):
         super().__init__(kernel_size, stride, padding, dilation, bias, activation, in_channels, dtype, name)
-        self.out_channels = _positive_int(out_channels, "out_channels", self.name)
-        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier", self.name)
+        self.out_channels = positive_int(out_channels, "out_channels", self.name)
+        self.depth_multiplier = positive_int(depth_multiplier, "depth_multiplier", self.name)
         if self.in_channels is not None:
             self._create_params(self.in_channels)
 
@@ -426,7 +420,7 @@ class Conv2DTranspose(_ConvLayer):
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0, bias=True,
                  activation=None, in_channels=None, dtype=np.float32, name=None):
         super().__init__(kernel_size, stride, padding, 1, bias, activation, in_channels, dtype, name)
-        self.out_channels = _positive_int(out_channels, "out_channels", self.name)
+        self.out_channels = positive_int(out_channels, "out_channels", self.name)
         self.output_padding = as_pair(output_padding, "output_padding", self.name, minimum=0)
         if any(op >= s for op, s in zip(self.output_padding, self.stride)):
             raise ValueError(f"{self.name} expected output_padding smaller than stride (as torch), "

@@ -6,6 +6,7 @@ import numpy as np
 from ..initializers import init_weight
 from .activations import get_activation
 from .base import Layer
+from .shapes import positive_int
 
 __all__ = ["Dense"]
 
@@ -44,7 +45,7 @@ class Dense(Layer):
     def __init__(self, out_features: int, activation=None, bias: bool = True, in_features=None,
                  dtype=np.float32, name=None):
         super().__init__(dtype, name)
-        self.out_features = _positive_int(out_features, "out_features", self.name)
+        self.out_features = positive_int(out_features, "out_features", self.name)
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"{self.name} expected bias to be True or False, got {bias!r}")
         self.use_bias = bool(bias)
@@ -52,7 +53,7 @@ class Dense(Layer):
         self.activation = get_activation(activation, self.name, self.dtype)
         self.in_features = None
         if in_features is not None:
-            self.build((_positive_int(in_features, "in_features", self.name),))
+            self.build((positive_int(in_features, "in_features", self.name),))
 
     def build(self, input_shape) -> None:
         super().build(input_shape)
@@ -103,9 +104,3 @@ class Dense(Layer):
         super()._check_rank(shape, with_batch)
 
 
-def _positive_int(value, what: str, owner: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{owner} expected {what} to be a positive int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{owner} expected {what} > 0, got {value}")
-    return int(value)

@@ -13,7 +13,18 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["as_pair", "conv_output_size", "same_padding", "resolve_padding"]
+import numpy as np
+
+__all__ = ["positive_int", "as_pair", "conv_output_size", "same_padding", "resolve_padding"]
+
+
+def positive_int(value, what: str, owner: str) -> int:
+    """``value`` as an int >= 1, or a TypeError/ValueError naming ``owner`` and ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{owner} expected {what} as an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{owner} expected {what} >= 1, got {value}")
+    return int(value)
 
 
 def as_pair(value, what: str, owner: str, minimum: int = 1) -> tuple[int, int]:

@@ -159,11 +159,11 @@ def test_image_input_says_to_add_flatten():
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(out_features=0), ValueError, r"Dense expected out_features > 0, got 0"),
-    (dict(out_features=-3), ValueError, r"Dense expected out_features > 0, got -3"),
-    (dict(out_features=2.5), TypeError, r"Dense expected out_features to be a positive int"),
-    (dict(out_features=True), TypeError, r"Dense expected out_features to be a positive int"),
-    (dict(out_features=4, in_features=0), ValueError, r"Dense expected in_features > 0, got 0"),
+    (dict(out_features=0), ValueError, r"Dense expected out_features >= 1, got 0"),
+    (dict(out_features=-3), ValueError, r"Dense expected out_features >= 1, got -3"),
+    (dict(out_features=2.5), TypeError, r"Dense expected out_features as an int"),
+    (dict(out_features=True), TypeError, r"Dense expected out_features as an int"),
+    (dict(out_features=4, in_features=0), ValueError, r"Dense expected in_features >= 1, got 0"),
     (dict(out_features=4, activation="swish"), ValueError, r"Dense got unknown activation 'swish'"),
     (dict(out_features=4, bias="yes"), TypeError, r"Dense expected bias to be True or False"),
     (dict(out_features=4, dtype=np.int32), TypeError, r"expected a floating dtype"),
