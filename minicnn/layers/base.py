@@ -147,22 +147,25 @@ class Layer:
         self.buffers[name] = backend.to_device(np.asarray(value, dtype=self.dtype), self.device)
 
     # ------------------------------------------------------------------ structure
-    def children(self) -> list["Layer"]:
-        """Direct sub-layers (containers override this)."""
+    def named_children(self) -> list[tuple[str, "Layer"]]:
+        """``(name, sub-layer)`` pairs; the names qualify parameter names (containers override)."""
         return []
+
+    def children(self) -> list["Layer"]:
+        return [child for _, child in self.named_children()]
 
     def named_parameters(self, prefix: str = ""):
         """Yield ``(qualified_name, param, grad)``; names follow PyTorch (``'0.weight'``)."""
         for key, value in self.params.items():
             yield prefix + key, value, self.grads[key]
-        for index, child in enumerate(self.children()):
-            yield from child.named_parameters(f"{prefix}{index}.")
+        for child_name, child in self.named_children():
+            yield from child.named_parameters(f"{prefix}{child_name}.")
 
     def named_buffers(self, prefix: str = ""):
         for key, value in self.buffers.items():
             yield prefix + key, value
-        for index, child in enumerate(self.children()):
-            yield from child.named_buffers(f"{prefix}{index}.")
+        for child_name, child in self.named_children():
+            yield from child.named_buffers(f"{prefix}{child_name}.")
 
     def layers_recursive(self):
         """This layer and every layer it holds (children, activations), depth first.

@@ -62,24 +62,6 @@ class Container(Layer):
             child.astype(self.dtype)  # recursive, so layers nested in a child convert too
         return child
 
-    def named_children(self) -> list[tuple[str, Layer]]:
-        return []
-
-    def children(self) -> list[Layer]:
-        return [child for _, child in self.named_children()]
-
-    def named_parameters(self, prefix: str = ""):
-        for key, value in self.params.items():
-            yield prefix + key, value, self.grads[key]
-        for child_name, child in self.named_children():
-            yield from child.named_parameters(f"{prefix}{child_name}.")
-
-    def named_buffers(self, prefix: str = ""):
-        for key, value in self.buffers.items():
-            yield prefix + key, value
-        for child_name, child in self.named_children():
-            yield from child.named_buffers(f"{prefix}{child_name}.")
-
     def _child_input_shapes(self, input_shape) -> list[tuple[str, Layer, tuple]]:
         raise NotImplementedError
 
