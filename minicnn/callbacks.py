@@ -115,7 +115,9 @@ class EarlyStopping(Callback):
                 self.best_weights = self.model.state_dict()
             return
         self.wait += 1
-        if self.wait > self.patience:
+        # Keras/Lightning convention: stop once `patience` epochs in a row brought no
+        # improvement (so patience=0 and patience=1 both stop at the first bad epoch).
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 

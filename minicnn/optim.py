@@ -181,7 +181,7 @@ class SGD(Optimizer):
 
     _hyperparameters = ("momentum", "dampening", "weight_decay", "nesterov")
 
-    def __init__(self, model, lr: float, momentum: float = 0.0, nesterov: bool = False,
+    def __init__(self, model, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, dampening: float = 0.0):
         super().__init__(model, lr)
         self.momentum = _at_least_zero("SGD", "momentum", momentum)
@@ -359,7 +359,7 @@ def get_optimizer(name_or_optimizer, model, **kwargs) -> Optimizer:
 
     ``kwargs`` go to the constructor (``get_optimizer('sgd', model, lr=0.1, momentum=0.9)``);
     an ``Optimizer`` instance is returned as it is. ``'sgd'`` without ``lr`` uses 0.01,
-    the Keras default (torch's SGD has none).
+    the Keras default (``SGD(model)`` itself uses torch's 1e-3).
     """
     if isinstance(name_or_optimizer, Optimizer):
         if kwargs:

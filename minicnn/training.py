@@ -223,8 +223,8 @@ class TrainingMixin:
         return {"loss": loss, **self._compute_metrics(pred, yb)}
 
     # ------------------------------------------------------------------ fit
-    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            callbacks=(), shuffle=True, verbose=1) -> History:
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=(), shuffle=True,
+            verbose=1, validation_split=0.0) -> History:
         """Train for ``epochs`` passes over ``(x, y)`` in shuffled mini-batches.
 
         ``validation_split`` holds out the *last* fraction of ``x`` (before shuffling,

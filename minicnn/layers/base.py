@@ -30,6 +30,21 @@ __all__ = ["Layer"]
 _LAYOUTS = {1: "(N, features)", 3: "(N, C, H, W)"}
 
 
+class _ConstructorSignature:
+    """``inspect.signature(ReLU)`` shows ``(dtype=..., name=None)``, not ``__new__``'s ``*args``.
+
+    Python prefers ``__new__`` over an ``__init__`` defined in the same class, so a layer
+    that inherits both from ``Layer`` would otherwise advertise ``(*args, **kwargs)``.
+    Looked up on an instance it is absent, so ``inspect.signature(layer)`` stays ``__call__``'s.
+    """
+
+    def __get__(self, instance, owner):
+        if instance is not None:
+            raise AttributeError("__signature__")
+        signature = inspect.signature(owner.__init__)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
 class Layer:
     """Base class: parameter bookkeeping, lazy building, dtype and device moves.
 
@@ -46,6 +61,7 @@ class Layer:
     """
 
     input_rank: int | None = None
+    __signature__ = _ConstructorSignature()
 
     def __new__(cls, *args, **kwargs):
         layer = super().__new__(cls)
