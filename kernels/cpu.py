@@ -1,7 +1,442 @@
-"""Numba CPU kernels. PLACEHOLDER during bring-up: re-exports the NumPy reference.
+"""Numba CPU kernels, same signatures and results as ``reference.py``.
 
-The performance issue replaces this file with @njit(cache=True) kernels of the
-same signatures.
+Each public function is a thin wrapper: it checks and converts its arguments
+(contiguous float32/float64 arrays, plain int geometry), allocates the output
+and calls one ``@njit(cache=True)`` core. The cores are compiled once per dtype
+on first use and cached on disk, so later processes start fast.
+
+How the work is split across threads
+------------------------------------
+Every parallel core uses ``prange`` over an axis whose iterations write to
+*disjoint* parts of the output, so no two threads ever write the same element
+and no atomics or locks are needed:
+
+* ``im2col``: over rows of ``cols`` (one ``(c, i, j)`` triple each);
+* everything else: over ``(n, c)`` image planes. A backward pass that scatters
+  (``col2im``, pooling and depthwise backward) accumulates into its own plane
+  of ``dx`` only, which stays in L1/L2 cache while it is summed into.
+
+Inner loops run along output columns (``ow``) so reads and writes are
+unit-stride when ``stride == 1`` and LLVM can vectorise them. Padding is
+handled by clipping each loop's range (``_valid_range``) rather than testing
+every element, so the hot loops carry no branches.
+
+GEMMs are not here: the convolution layers call ``x @ y``, which NumPy hands to
+OpenBLAS (see ``minicnn.threads`` for why the two thread pools must not fight).
 """
-from .reference import (im2col, col2im, maxpool_forward, maxpool_backward,  # noqa: F401
-                        avgpool_forward, avgpool_backward, depthwise_forward, depthwise_backward)
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .reference import output_hw
+
+__all__ = [
+    "im2col", "col2im", "maxpool_forward", "maxpool_backward",
+    "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
+    "batchnorm_forward", "batchnorm_backward",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ---------------------------------------------------------------- argument handling
+def _as_float_array(a, what: str, rank: int = 4):
+    a = np.ascontiguousarray(a)
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"minicnn CPU kernels expected {what} as float32 or float64, got {a.dtype}")
+    if a.ndim != rank:
+        raise ValueError(f"minicnn CPU kernels expected {what} with {rank} dimensions, got shape {a.shape}")
+    return a
+
+
+def _geometry(kernel, stride, padding, dilation=(1, 1)):
+    """Plain ints ``kh, kw, sh, sw, pt, pl, dh, dw`` (bottom/right pads only set the output size)."""
+    (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = kernel, stride, padding, dilation
+    return int(kh), int(kw), int(sh), int(sw), int(pt), int(pl), int(dh), int(dw)
+
+
+@njit(cache=True, inline="always")
+def _valid_range(offset, stride, size, out):
+    """Outputs ``o`` in ``[lo, hi)`` whose input index ``o*stride + offset`` lies in ``[0, size)``."""
+    lo = 0
+    if offset < 0:
+        lo = (-offset + stride - 1) // stride
+    hi = out
+    last = size - 1 - offset  # o*stride <= last
+    if last < 0:
+        hi = 0
+    elif last // stride + 1 < out:
+        hi = last // stride + 1
+    if hi < lo:
+        hi = lo
+    return lo, hi
+
+
+# Flat indices are cast to unsigned before use: Numba then skips the check for
+# negative (wrap-around) indices, which otherwise keeps LLVM from vectorising the
+# inner loops. Measured on the depthwise forward: 65 ms -> 12 ms.
+_unsigned = np.uintp
+
+
+# ---------------------------------------------------------------- im2col / col2im
+@njit(cache=True, parallel=True)
+def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    n, c, h, w = x.shape
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    # One (c, i, j) row of cols per iteration: rows are disjoint and each is one
+    # long sequential write stream of N*Ho*Wo values.
+    for row in prange(c * kh * kw):
+        ch, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+        iw0 = j * dw - pl
+        ow_lo, ow_hi = _valid_range(iw0, sw, w, wo)
+        oh_lo, oh_hi = _valid_range(i * dh - pt, sh, h, ho)
+        for b in range(n):
+            base = row * n * ho * wo + b * ho * wo
+            cf[base:base + oh_lo * wo] = 0                 # rows that fall in the top padding
+            cf[base + oh_hi * wo:base + ho * wo] = 0       # ... and in the bottom padding
+            for oh in range(oh_lo, oh_hi):
+                src = ((b * c + ch) * h + oh * sh + i * dh - pt) * w + iw0
+                dst = base + oh * wo
+                cf[dst:dst + ow_lo] = 0                    # left and right padding
+                cf[dst + ow_hi:dst + wo] = 0
+                for ow in range(ow_lo, ow_hi):
+                    cf[_unsigned(dst + ow)] = xf[_unsigned(src + ow * sw)]
+
+
+@njit(cache=True, parallel=True)
+def _col2im(cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    n, c, h, w = dx.shape
+    cf, df = cols.reshape(-1), dx.reshape(-1)
+    # One (n, c) plane of dx per iteration: a thread sums the kh*kw column rows
+    # of its channel into its own plane, so there are no write races.
+    for plane in prange(n * c):
+        b, ch = plane // c, plane % c
+        for i in range(kh):
+            oh_lo, oh_hi = _valid_range(i * dh - pt, sh, h, ho)
+            for j in range(kw):
+                iw0 = j * dw - pl
+                ow_lo, ow_hi = _valid_range(iw0, sw, w, wo)
+                row = (ch * kh + i) * kw + j
+                for oh in range(oh_lo, oh_hi):
+                    dst = (plane * h + oh * sh + i * dh - pt) * w + iw0
+                    src = row * n * ho * wo + (b * ho + oh) * wo
+                    for ow in range(ow_lo, ow_hi):
+                        df[_unsigned(dst + ow * sw)] += cf[_unsigned(src + ow)]
+
+
+def im2col(x, kernel, stride, padding, dilation=(1, 1)):
+    """Unfold every receptive field of ``x`` into a column: ``(C*kh*kw, N*Ho*Wo)``."""
+    x = _as_float_array(x, "x")
+    n, c = x.shape[:2]
+    kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
+    ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
+    cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
+    _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    return cols
+
+
+def col2im(cols, x_shape, kernel, stride, padding, dilation=(1, 1)):
+    """Adjoint of ``im2col``: sum every column entry back onto the pixel it came from."""
+    cols = _as_float_array(cols, "cols", rank=2)
+    x_shape = tuple(int(s) for s in x_shape)
+    kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
+    ho, wo = output_hw(x_shape, kernel, stride, padding, dilation)
+    expected = (x_shape[1] * kh * kw, x_shape[0] * ho * wo)
+    if cols.shape != expected:
+        raise ValueError(f"col2im expected cols of shape {expected} for x_shape {x_shape}, got {cols.shape}")
+    dx = np.zeros(x_shape, dtype=cols.dtype)
+    _col2im(cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    return dx
+
+
+# ---------------------------------------------------------------- max pooling
+@njit(cache=True, parallel=True)
+def _maxpool_forward(x, y, argmax, kh, kw, sh, sw, pt, pl):
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    xf, yf, af = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
+    for plane in prange(n * c):  # planes are independent
+        for oh in range(ho):
+            ih0 = oh * sh - pt
+            i_lo, i_hi = max(0, -ih0), min(kh, h - ih0)
+            for ow in range(wo):
+                iw0 = ow * sw - pl
+                j_lo, j_hi = max(0, -iw0), min(kw, w - iw0)
+                # Padded cells are skipped, so they never win; a strict '>' keeps
+                # the first maximum in row-major window order (the reference's tie rule).
+                best_at = (ih0 + i_lo) * w + iw0 + j_lo
+                best = xf[_unsigned(plane * h * w + best_at)]
+                for i in range(i_lo, i_hi):
+                    for j in range(j_lo, j_hi):
+                        at = (ih0 + i) * w + iw0 + j
+                        v = xf[_unsigned(plane * h * w + at)]
+                        if v > best:
+                            best, best_at = v, at
+                out = (plane * ho + oh) * wo + ow
+                yf[_unsigned(out)] = best
+                af[_unsigned(out)] = best_at
+
+
+@njit(cache=True, parallel=True)
+def _maxpool_backward(dy, argmax, dx):
+    n, c, h, w = dx.shape
+    per_plane = dy.shape[2] * dy.shape[3]
+    dyf, af, dxf = dy.reshape(-1), argmax.reshape(-1), dx.reshape(-1)
+    for plane in prange(n * c):  # a window's winner is always in its own plane
+        for k in range(plane * per_plane, (plane + 1) * per_plane):
+            dxf[_unsigned(plane * h * w + af[_unsigned(k)])] += dyf[_unsigned(k)]
+
+
+def maxpool_forward(x, kernel, stride, padding):
+    """Max over each window; returns ``(y, argmax)`` with ``argmax`` the flat ``h*W + w`` index."""
+    x = _as_float_array(x, "x")
+    n, c = x.shape[:2]
+    kh, kw, sh, sw, pt, pl, _, _ = _geometry(kernel, stride, padding)
+    ho, wo = output_hw(x.shape, kernel, stride, padding)
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    argmax = np.empty((n, c, ho, wo), dtype=np.int64)
+    _maxpool_forward(x, y, argmax, kh, kw, sh, sw, pt, pl)
+    return y, argmax
+
+
+def maxpool_backward(dy, argmax, x_shape):
+    """Route each output gradient to the input pixel that won its window (summing repeats)."""
+    dy = _as_float_array(dy, "dy")
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64)
+    if argmax.shape != dy.shape:
+        raise ValueError(f"maxpool_backward expected argmax of shape {dy.shape}, got {argmax.shape}")
+    dx = np.zeros(tuple(int(s) for s in x_shape), dtype=dy.dtype)
+    _maxpool_backward(dy, argmax, dx)
+    return dx
+
+
+# ---------------------------------------------------------------- average pooling
+@njit(cache=True, parallel=True)
+def _avgpool_forward(x, y, kh, kw, sh, sw, pt, pl):
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    scale = 1.0 / (kh * kw)  # count_include_pad: padded cells add zero but count
+    for plane in prange(n * c):
+        for oh in range(ho):
+            ih0 = oh * sh - pt
+            i_lo, i_hi = max(0, -ih0), min(kh, h - ih0)
+            for ow in range(wo):
+                iw0 = ow * sw - pl
+                j_lo, j_hi = max(0, -iw0), min(kw, w - iw0)
+                total = xf[0] * 0  # zero of x's dtype: float32 sums stay float32
+                for i in range(i_lo, i_hi):
+                    for j in range(j_lo, j_hi):
+                        total += xf[_unsigned((plane * h + ih0 + i) * w + iw0 + j)]
+                yf[_unsigned((plane * ho + oh) * wo + ow)] = total * scale
+
+
+@njit(cache=True, parallel=True)
+def _avgpool_backward(dy, dx, kh, kw, sh, sw, pt, pl):
+    n, c, h, w = dx.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    dyf, dxf = dy.reshape(-1), dx.reshape(-1)
+    scale = 1.0 / (kh * kw)
+    for plane in prange(n * c):  # each thread spreads into its own plane
+        for oh in range(ho):
+            ih0 = oh * sh - pt
+            i_lo, i_hi = max(0, -ih0), min(kh, h - ih0)
+            for ow in range(wo):
+                iw0 = ow * sw - pl
+                j_lo, j_hi = max(0, -iw0), min(kw, w - iw0)
+                share = dyf[_unsigned((plane * ho + oh) * wo + ow)] * scale
+                for i in range(i_lo, i_hi):
+                    for j in range(j_lo, j_hi):
+                        dxf[_unsigned((plane * h + ih0 + i) * w + iw0 + j)] += share
+
+
+def avgpool_forward(x, kernel, stride, padding):
+    """Mean over each window; padded cells count as zeros (divisor ``kh*kw``)."""
+    x = _as_float_array(x, "x")
+    n, c = x.shape[:2]
+    kh, kw, sh, sw, pt, pl, _, _ = _geometry(kernel, stride, padding)
+    ho, wo = output_hw(x.shape, kernel, stride, padding)
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    _avgpool_forward(x, y, kh, kw, sh, sw, pt, pl)
+    return y
+
+
+def avgpool_backward(dy, x_shape, kernel, stride, padding):
+    """Spread each output gradient evenly, ``dy / (kh*kw)``, over its window."""
+    dy = _as_float_array(dy, "dy")
+    kh, kw, sh, sw, pt, pl, _, _ = _geometry(kernel, stride, padding)
+    dx = np.zeros(tuple(int(s) for s in x_shape), dtype=dy.dtype)
+    _avgpool_backward(dy, dx, kh, kw, sh, sw, pt, pl)
+    return dx
+
+
+# ---------------------------------------------------------------- depthwise convolution
+# Direct loops, no im2col: a depthwise conv does only kh*kw multiply-adds per
+# output, so it is memory-bound and unfolding would multiply the traffic by kh*kw.
+@njit(cache=True, parallel=True)
+def _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw):
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    for plane in prange(n * c):  # one input plane feeds its m output planes
+        b, ch = plane // c, plane % c
+        for f in range(ch * m, ch * m + m):
+            out = (b * c * m + f) * ho * wo
+            yf[out:out + ho * wo] = 0
+            # Tap by tap: each pass adds w[i, j] * (shifted input rows) to the
+            # output plane, a unit-stride loop over ow that LLVM vectorises.
+            for i in range(kh):
+                oh_lo, oh_hi = _valid_range(i * dh - pt, sh, h, ho)
+                for j in range(kw):
+                    iw0 = j * dw - pl
+                    ow_lo, ow_hi = _valid_range(iw0, sw, w, wo)
+                    wij = weight[f, 0, i, j]
+                    for oh in range(oh_lo, oh_hi):
+                        src = (plane * h + oh * sh + i * dh - pt) * w + iw0
+                        dst = out + oh * wo
+                        for ow in range(ow_lo, ow_hi):
+                            yf[_unsigned(dst + ow)] += wij * xf[_unsigned(src + ow * sw)]
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _depthwise_backward(dy, x, weight, dx, dweight_partial, m, kh, kw, sh, sw, pt, pl, dh, dw):
+    n, c, h, w = x.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    dyf, xf, dxf = dy.reshape(-1), x.reshape(-1), dx.reshape(-1)
+    # Per (n, c) plane: dx[n, c] and dweight_partial[n, c*m:(c+1)*m] belong to
+    # this iteration alone; the caller sums the partial weight grads over n.
+    for plane in prange(n * c):
+        b, ch = plane // c, plane % c
+        for f in range(ch * m, ch * m + m):
+            grad = (b * c * m + f) * ho * wo
+            for i in range(kh):
+                oh_lo, oh_hi = _valid_range(i * dh - pt, sh, h, ho)
+                for j in range(kw):
+                    iw0 = j * dw - pl
+                    ow_lo, ow_hi = _valid_range(iw0, sw, w, wo)
+                    wij = weight[f, 0, i, j]
+                    acc = dyf[0] * 0
+                    for oh in range(oh_lo, oh_hi):
+                        pix = (plane * h + oh * sh + i * dh - pt) * w + iw0
+                        src = grad + oh * wo
+                        # Two loops, not one: each alone vectorises (the dot
+                        # product thanks to fastmath's reassociation).
+                        for ow in range(ow_lo, ow_hi):
+                            dxf[_unsigned(pix + ow * sw)] += wij * dyf[_unsigned(src + ow)]
+                        for ow in range(ow_lo, ow_hi):
+                            acc += dyf[_unsigned(src + ow)] * xf[_unsigned(pix + ow * sw)]
+                    dweight_partial[b, f, i, j] = acc
+
+
+def depthwise_forward(x, weight, stride, padding, dilation=(1, 1)):
+    """Each input channel convolved with its own ``m`` filters (torch ``groups=C``)."""
+    x = _as_float_array(x, "x")
+    weight = np.ascontiguousarray(weight, dtype=x.dtype)
+    n, c = x.shape[:2]
+    if weight.ndim != 4 or weight.shape[1] != 1 or weight.shape[0] % c:
+        raise ValueError(f"depthwise_forward expected weight (C*m, 1, kh, kw) with C={c}, got {weight.shape}")
+    m, kernel = weight.shape[0] // c, weight.shape[2:]
+    kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
+    ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
+    y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
+    _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw)
+    return y
+
+
+def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
+    """Returns ``(dx, dweight)`` for ``depthwise_forward``."""
+    dy = _as_float_array(dy, "dy")
+    x = np.ascontiguousarray(x, dtype=dy.dtype)
+    weight = np.ascontiguousarray(weight, dtype=dy.dtype)
+    n, c = x.shape[:2]
+    m, kernel = weight.shape[0] // c, weight.shape[2:]
+    kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
+    if dy.shape != (n, c * m) + output_hw(x.shape, kernel, stride, padding, dilation):
+        raise ValueError(f"depthwise_backward got dy of shape {dy.shape} "
+                         f"for x {x.shape}, weight {weight.shape}")
+    dx = np.zeros(x.shape, dtype=dy.dtype)
+    partial = np.empty((n, c * m, kh, kw), dtype=dy.dtype)
+    _depthwise_backward(dy, x, weight, dx, partial, m, kh, kw, sh, sw, pt, pl, dh, dw)
+    return dx, partial.sum(axis=0).reshape(weight.shape)
+
+
+# ---------------------------------------------------------------- batch normalisation (training)
+# Not in reference.py yet: fused versions of the NumPy maths in
+# minicnn/layers/normalization.py. NumPy's per-channel reductions over axes
+# (0, 2, 3) of an NCHW array stride across memory and make several temporaries;
+# here each channel is one prange iteration that walks its N planes twice.
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})  # reassoc: vectorised sums
+def _batchnorm_forward(x, weight, bias, eps, y, x_hat, mean, var, inv_std):
+    n, c, hw = x.shape
+    for ch in prange(c):  # channels are independent
+        total = 0.0  # float64 accumulators: float32 sums of 10^5 values drift
+        for b in range(n):
+            for k in range(hw):
+                total += x[b, ch, k]
+        mu = total / (n * hw)
+        total = 0.0
+        for b in range(n):
+            for k in range(hw):
+                d = x[b, ch, k] - mu
+                total += d * d
+        sigma2 = total / (n * hw)  # biased variance normalises, as torch
+        scale = 1.0 / np.sqrt(sigma2 + eps)
+        for b in range(n):
+            for k in range(hw):
+                xh = (x[b, ch, k] - mu) * scale
+                x_hat[b, ch, k] = xh
+                y[b, ch, k] = weight[ch] * xh + bias[ch]
+        mean[ch], var[ch], inv_std[ch] = mu, sigma2, scale
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _batchnorm_backward(dy, x_hat, weight, inv_std, dx, dweight, dbias):
+    n, c, hw = dy.shape
+    count = n * hw
+    for ch in prange(c):
+        sum_dy, sum_dy_xh = 0.0, 0.0
+        for b in range(n):
+            for k in range(hw):
+                sum_dy += dy[b, ch, k]
+                sum_dy_xh += dy[b, ch, k] * x_hat[b, ch, k]
+        dweight[ch], dbias[ch] = sum_dy_xh, sum_dy
+        # dx = (gamma / s) / M * (M dy - sum(dy) - x_hat * sum(dy * x_hat))
+        scale = weight[ch] * inv_std[ch] / count
+        for b in range(n):
+            for k in range(hw):
+                dx[b, ch, k] = scale * (count * dy[b, ch, k] - sum_dy - x_hat[b, ch, k] * sum_dy_xh)
+
+
+def batchnorm_forward(x, weight, bias, eps):
+    """Training-mode batch norm of ``(N, C)`` or ``(N, C, H, W)`` ``x`` over all axes but C.
+
+    Returns ``(y, x_hat, mean, var, inv_std)``: ``var`` is the biased batch
+    variance, ``inv_std = 1 / sqrt(var + eps)``, ``x_hat = (x - mean) * inv_std``
+    and ``y = weight * x_hat + bias``; the vectors have shape ``(C,)``.
+    """
+    x = np.ascontiguousarray(x)
+    if x.dtype not in _FLOATS or x.ndim not in (2, 4):
+        raise ValueError(f"batchnorm_forward expected a float32/float64 (N, C) or (N, C, H, W) array, "
+                         f"got {x.dtype} {x.shape}")
+    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    weight, bias = (np.ascontiguousarray(v, dtype=x.dtype).reshape(-1) for v in (weight, bias))
+    y, x_hat = np.empty_like(x3), np.empty_like(x3)
+    mean, var, inv_std = (np.empty(x.shape[1], dtype=x.dtype) for _ in range(3))
+    _batchnorm_forward(x3, weight, bias, float(eps), y, x_hat, mean, var, inv_std)
+    return y.reshape(x.shape), x_hat.reshape(x.shape), mean, var, inv_std
+
+
+def batchnorm_backward(dy, x_hat, weight, inv_std):
+    """Training-mode gradients ``(dx, dweight, dbias)`` for ``batchnorm_forward``."""
+    dy = np.ascontiguousarray(dy)
+    x_hat = np.ascontiguousarray(x_hat, dtype=dy.dtype)
+    if dy.dtype not in _FLOATS or dy.ndim not in (2, 4) or x_hat.shape != dy.shape:
+        raise ValueError(f"batchnorm_backward expected float dy and x_hat of one (N, C[, H, W]) shape, "
+                         f"got {dy.dtype} {dy.shape} and {x_hat.shape}")
+    dy3, xh3 = dy.reshape(dy.shape[0], dy.shape[1], -1), x_hat.reshape(dy.shape[0], dy.shape[1], -1)
+    weight, inv_std = (np.ascontiguousarray(v, dtype=dy.dtype).reshape(-1) for v in (weight, inv_std))
+    dx = np.empty_like(dy3)
+    dweight, dbias = np.empty(dy.shape[1], dtype=dy.dtype), np.empty(dy.shape[1], dtype=dy.dtype)
+    _batchnorm_backward(dy3, xh3, weight, inv_std, dx, dweight, dbias)
+    return dx.reshape(dy.shape), dweight, dbias

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 
 from . import backend
+from . import threads  # noqa: F401
 from .rng import seed
 from . import layers, losses, optim, gradcheck, callbacks, models
 from .layers import *  # noqa: F401,F403

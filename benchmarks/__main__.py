@@ -1,0 +1,78 @@
+"""``python -m benchmarks [--quick] [--json] [--plot PATH] [--repeats N]``."""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+# torch first: it loads its OpenMP runtime with its default settings, as in any
+# user's process; minicnn.threads then adapts (see minicnn/threads.py).
+import torch
+
+import minicnn
+from minicnn import threads
+
+from . import cases as case_list
+from .harness import peak_memory, sgemm_ceiling, time_pair
+from .report import format_table, plot_ratios, to_json
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a fast subset (small layers, LeNet-5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--plot", metavar="PATH", help="write a bar chart of the ratios (PNG)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per case (default 15, quick 7)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory phase")
+    parser.add_argument("--only", metavar="TEXT", help="run only cases whose name contains TEXT")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    repeats = args.repeats or (7 if args.quick else 15)
+    torch.set_num_threads(threads.get_num_threads())
+    ceiling = sgemm_ceiling()
+    info = threads.describe()
+    meta = {"threads": threads.get_num_threads(), "numba_threading_layer": info["numba_threading_layer"],
+            "blas_threads": info["blas_threads"], "torch_threads": torch.get_num_threads(),
+            "sgemm_gflops": ceiling, "repeats": repeats, "python": platform.python_version(),
+            "numpy": __import__("numpy").__version__, "numba": __import__("numba").__version__,
+            "torch": torch.__version__, "minicnn": minicnn.__version__, "machine": platform.processor()}
+    selected = [c for c in case_list.all_cases(args.quick) if not args.only or args.only in c.name]
+    rows, pairs = [], []
+    for case in selected:
+        row = {"name": case.name, "max_ratio": case.max_ratio, "min_ceiling": case.min_ceiling}
+        try:
+            run_minicnn, run_torch = case.build()
+            minicnn_ms, torch_ms = time_pair(run_minicnn, run_torch, repeats=repeats)
+        except Exception as exc:  # a layer or model not written yet: report and carry on
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+            pairs.append(None)
+            print(f"{case.name}: skipped ({row['error']})", file=sys.stderr)
+            continue
+        row.update(minicnn_ms=minicnn_ms, torch_ms=torch_ms, ratio=minicnn_ms / torch_ms,
+                   gflops=case.gflop / (minicnn_ms / 1e3) if case.gflop else None,
+                   torch_gflops=case.gflop / (torch_ms / 1e3) if case.gflop else None,
+                   minicnn_mib=None, torch_mib=None)
+        rows.append(row)
+        pairs.append((run_minicnn, run_torch))
+        if not args.json:
+            print(f"  {case.name}: {minicnn_ms:.2f} ms vs torch {torch_ms:.2f} ms",
+                  file=sys.stderr, flush=True)
+    if not args.no_memory:  # after all timings: this phase changes how malloc behaves
+        for row, pair in zip(rows, pairs):
+            if pair is not None:
+                row["minicnn_mib"], row["torch_mib"] = peak_memory(pair[0]), peak_memory(pair[1])
+    print(to_json(rows, meta) if args.json else format_table(rows, meta))
+    if args.plot:
+        plot_ratios(rows, args.plot)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

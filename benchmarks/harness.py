@@ -1,0 +1,107 @@
+"""Timing, the sgemm ceiling and peak memory: the measuring instruments.
+
+Peak memory
+-----------
+Neither framework can be asked the same question through its own tools
+(tracemalloc sees NumPy's buffers but not torch's; torch has no CPU peak
+counter), so both are measured the same way, from outside: the process's
+resident-set high-water mark. For that phase glibc is told (``mallopt``) to
+serve every allocation of 64 KiB or more with its own ``mmap`` and to give it
+back on ``free`` (``malloc_trim`` first returns what the timing phase left in
+the heap), so resident memory follows live arrays; the high-water mark
+is reset (``/proc/self/clear_refs``), one forward+backward runs, and the peak
+minus the resident size before it is the memory the step needed beyond its
+inputs and parameters. Only pages actually touched count, for both. This runs
+after all timings, because it makes every large allocation fault its pages in.
+Linux only; elsewhere the column reads ``n/a``.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import statistics
+import time
+
+import numpy as np
+
+__all__ = ["time_pair", "sgemm_ceiling", "peak_memory", "memory_supported"]
+
+
+def time_pair(first, second, warmup: int = 3, repeats: int = 15) -> tuple[float, float]:
+    """Median milliseconds of ``first()`` and ``second()``, timed alternately after a warm-up."""
+    for _ in range(warmup):
+        first()
+        second()
+    times_first, times_second = [], []
+    for _ in range(repeats):
+        for fn, times in ((first, times_first), (second, times_second)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times_first), 1e3 * statistics.median(times_second)
+
+
+def sgemm_ceiling(size: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of NumPy's float32 matmul (OpenBLAS) on ``size x size`` matrices: the best case."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, size, size), dtype=np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    best = min(_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- peak memory (RSS high-water mark)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_malloc_configured = False
+_libc = None
+
+
+def memory_supported() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _configure_malloc() -> None:
+    global _malloc_configured, _libc
+    if not _malloc_configured:
+        _libc = ctypes.CDLL("libc.so.6")
+        _libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+        _libc.mallopt(_M_TRIM_THRESHOLD, 64 * 1024)
+        _malloc_configured = True
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(fn, repeats: int = 3) -> float | None:
+    """MiB the process's resident set grew to above its level before ``fn()`` (smallest of repeats)."""
+    if not memory_supported():
+        return None
+    _configure_malloc()
+    fn()  # first call after mallopt: lets any cached state settle
+    peaks = []
+    for _ in range(repeats):
+        gc.collect()
+        _libc.malloc_trim(0)  # free heap memory left over from the timing phase goes back to the OS
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current VmRSS
+        before = _status_bytes("VmRSS")
+        fn()
+        peaks.append(_status_bytes("VmHWM") - before)
+    return max(0, min(peaks)) / 2**20

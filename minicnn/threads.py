@@ -1,0 +1,128 @@
+"""Thread-pool hygiene: keep Numba's and OpenBLAS's threads from fighting.
+
+A minicnn convolution alternates two thread pools: Numba's (``im2col``,
+pooling, ``col2im``, in ``minicnn.kernels``) and OpenBLAS's (the GEMM behind
+``W @ cols``). Both pools *spin* for a while after finishing a job, waiting for
+the next one. On a machine with few cores the spinning pool steals the cores
+the other pool is trying to work on, and a training step runs 3-10x slower
+than the sum of its parts. This module is imported once by ``import minicnn``
+and makes the Numba side wait passively:
+
+* If the user chose nothing (``NUMBA_THREADING_LAYER`` unset) and no OpenMP
+  runtime that Numba would share is loaded yet, Numba uses its OpenMP layer
+  with ``OMP_WAIT_POLICY=PASSIVE`` (idle workers sleep instead of spinning;
+  cheapest launch, ~20 us).
+* If such an OpenMP runtime is already loaded (``import torch`` before
+  ``import minicnn`` does that) its wait policy was fixed when it loaded, so
+  Numba uses its ``workqueue`` layer instead, whose idle workers block on a
+  condition variable (~60 us per launch). The workqueue layer does not allow
+  two Python threads to run minicnn kernels at the same moment.
+
+OpenBLAS's idle workers call ``sched_yield`` while they spin, so they give the
+cores back to Numba's workers. (``OPENBLAS_THREAD_TIMEOUT`` would shorten the
+spin, but OpenBLAS reads it when NumPy is imported, before minicnn can set it;
+export it yourself if you like.)
+
+Thread count
+------------
+``MINICNN_THREADS`` (if set) sets both pools; otherwise ``OMP_NUM_THREADS``,
+then the number of cores this process may run on, sets Numba's pool and
+OpenBLAS keeps its own setting (it honours ``OPENBLAS_NUM_THREADS`` and
+``OMP_NUM_THREADS`` itself). ``set_num_threads(n)`` changes both at run time.
+Variables the user exported are never overwritten.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numba
+import threadpoolctl
+
+__all__ = ["set_num_threads", "get_num_threads", "describe"]
+
+_blas_limiter = None   # keeps threadpoolctl's handle; the limit holds while it lives
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        number = int(value.split(",")[0])  # OMP_NUM_THREADS may be a list per nesting level
+    except ValueError:
+        raise ValueError(f"minicnn.threads expected ${name} to be a positive integer, "
+                         f"got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"minicnn.threads expected ${name} to be a positive integer, got {value!r}")
+    return number
+
+
+def _shared_openmp_loaded() -> bool:
+    """Is a ``libgomp.so`` (the one Numba's OpenMP layer would link to) already loaded?
+
+    Vendored copies with a hashed name (scikit-learn's ``libgomp-<hash>.so``)
+    are separate runtimes and do not count.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            return re.search(r"/libgomp\.so", maps.read()) is not None
+    except OSError:  # no /proc: ask threadpoolctl about any OpenMP runtime
+        return any(info["user_api"] == "openmp" for info in threadpoolctl.threadpool_info())
+
+
+def _choose_threading_layer() -> None:
+    """Pick a passive-waiting Numba layer, unless the user chose one or Numba already started."""
+    if os.environ.get("NUMBA_THREADING_LAYER") or numba.np.ufunc.parallel._is_initialized:
+        return
+    user_wait_policy = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    if not _shared_openmp_loaded() and not user_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by libgomp when Numba loads it below
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+    elif os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+    else:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads in Numba's kernels and in the BLAS behind the GEMMs."""
+    global _blas_limiter
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads expected a positive integer, got {n!r}")
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    _blas_limiter = threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+
+
+def get_num_threads() -> int:
+    """The number of threads minicnn's Numba kernels use."""
+    return numba.get_num_threads()
+
+
+def describe() -> dict:
+    """What was chosen: Numba's layer and thread count, and each BLAS library's threads."""
+    blas = {info["internal_api"]: info["num_threads"]
+            for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"}
+    return {"numba_threading_layer": numba.threading_layer(), "numba_threads": numba.get_num_threads(),
+            "blas_threads": blas, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+
+
+def _init_from_environment() -> None:
+    _choose_threading_layer()
+    requested = _env_int("MINICNN_THREADS")
+    if requested is not None:
+        set_num_threads(requested)
+    else:
+        count = _env_int("OMP_NUM_THREADS") or _available_cores()
+        # Starts Numba's pool now, so the layer chosen above is the one used.
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+
+
+_init_from_environment()

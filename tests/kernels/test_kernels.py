@@ -1,0 +1,235 @@
+"""The Numba kernels (``kernels/cpu.py``) against the NumPy reference.
+
+``kernels.reference`` is the oracle: a different algorithm (strided window
+views, ``np.add.at``, ``einsum``) with the same contract. Every fast kernel must
+return the same numbers over a sweep of geometries: odd sizes, N=1, C=1,
+kernels 1-5 (square or not), strides 1-3, asymmetric paddings, dilations 1-3,
+in float32 and float64. Max-pool indices must be identical, ties included.
+A few hand-computed cases pin down the conventions independently of both.
+The batch-norm kernels (not in the reference yet) are checked against the
+formulas in float64 NumPy and against torch's autograd.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minicnn import threads
+from minicnn.kernels import cpu, reference
+from tests.helpers import require_torch
+
+TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
+
+# (x_shape, kernel, stride, padding (top, bottom, left, right), dilation)
+CASES = [
+    ((1, 1, 5, 5), (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+    ((2, 3, 7, 9), (3, 2), (2, 1), (1, 0, 2, 1), (2, 1)),
+    ((1, 2, 6, 6), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),
+    ((3, 1, 11, 8), (2, 4), (3, 2), (0, 1, 3, 0), (1, 2)),
+    ((2, 4, 9, 10), (3, 3), (1, 3), (1, 2, 0, 1), (3, 1)),
+    ((1, 3, 13, 7), (4, 1), (2, 3), (3, 0, 0, 0), (1, 3)),
+    ((4, 2, 8, 8), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),
+    ((2, 5, 5, 12), (1, 5), (1, 2), (0, 0, 2, 2), (2, 2)),
+]
+
+
+def _random_cases(count, seed=1):
+    """Extra geometries drawn at random (fixed seed), keeping every output at least 1x1."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        k, s, d = rng.integers(1, 6, 2), rng.integers(1, 4, 2), rng.integers(1, 4, 2)
+        pads = tuple(int(p) for p in rng.integers(0, 3, 4))
+        shape = (int(rng.integers(1, 4)), int(rng.integers(1, 5)),
+                 int(rng.integers(3, 14)), int(rng.integers(3, 14)))
+        geometry = (tuple(map(int, k)), tuple(map(int, s)), pads, tuple(map(int, d)))
+        if min(reference.output_hw(shape, *geometry)) >= 1:
+            cases.append((shape,) + geometry)
+    return cases
+
+
+GEOMETRIES = CASES + _random_cases(8)
+# Pooling follows torch's rule, padding <= kernel / 2, so no window is padding only.
+POOL_GEOMETRIES = [c for c in GEOMETRIES
+                   if max(c[3][:2]) <= c[1][0] // 2 and max(c[3][2:]) <= c[1][1] // 2]
+POOL_GEOMETRIES += [
+    ((2, 3, 9, 8), (3, 3), (2, 1), (1, 0, 1, 1), (1, 1)),
+    ((1, 2, 7, 10), (2, 3), (1, 3), (1, 0, 0, 1), (1, 1)),
+    ((3, 1, 12, 11), (5, 4), (3, 2), (2, 1, 2, 0), (1, 1)),
+]
+PARAMS = [pytest.param(case, dtype, id=f"{case[0]}-k{case[1]}-s{case[2]}-p{case[3]}-d{case[4]}-"
+                                        f"{dtype.__name__}")
+          for case in GEOMETRIES for dtype in (np.float32, np.float64)]
+POOL_PARAMS = [pytest.param(case, dtype, id=f"{case[0]}-k{case[1]}-s{case[2]}-p{case[3]}-{dtype.__name__}")
+               for case in POOL_GEOMETRIES for dtype in (np.float32, np.float64)]
+
+
+def _close(actual, expected, dtype):
+    assert actual.dtype == np.dtype(dtype), f"dtype {actual.dtype}, expected {np.dtype(dtype)}"
+    assert actual.shape == expected.shape, f"shape {actual.shape}, expected {expected.shape}"
+    np.testing.assert_allclose(actual, expected, **TOL[dtype])
+
+
+def _distinct(shape, rng, dtype):
+    """Values with no ties (a permutation of a spaced grid), so argmax is unambiguous."""
+    return (rng.permutation(np.prod(shape)).reshape(shape) * 0.01 - 1.0).astype(dtype)
+
+
+@pytest.mark.parametrize("case,dtype", PARAMS)
+def test_im2col_col2im_match_reference(case, dtype):
+    shape, kernel, stride, padding, dilation = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    cols = cpu.im2col(x, kernel, stride, padding, dilation)
+    _close(cols, reference.im2col(x, kernel, stride, padding, dilation), dtype)
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    _close(cpu.col2im(dcols, shape, kernel, stride, padding, dilation),
+           reference.col2im(dcols, shape, kernel, stride, padding, dilation), dtype)
+
+
+@pytest.mark.parametrize("case,dtype", PARAMS)
+def test_depthwise_matches_reference(case, dtype):
+    shape, kernel, stride, padding, dilation = case
+    rng = np.random.default_rng(1)
+    multiplier = 1 + shape[2] % 2  # exercises depth multipliers 1 and 2
+    x = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal((shape[1] * multiplier, 1) + kernel).astype(dtype)
+    y = cpu.depthwise_forward(x, weight, stride, padding, dilation)
+    _close(y, reference.depthwise_forward(x, weight, stride, padding, dilation), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dweight = cpu.depthwise_backward(dy, x, weight, stride, padding, dilation)
+    ref_dx, ref_dweight = reference.depthwise_backward(dy, x, weight, stride, padding, dilation)
+    _close(dx, ref_dx, dtype)
+    _close(dweight, ref_dweight, dtype)
+
+
+@pytest.mark.parametrize("case,dtype", POOL_PARAMS)
+def test_pooling_matches_reference(case, dtype):
+    shape, kernel, stride, padding, _ = case
+    rng = np.random.default_rng(2)
+    x = _distinct(shape, rng, dtype)
+    y, argmax = cpu.maxpool_forward(x, kernel, stride, padding)
+    ref_y, ref_argmax = reference.maxpool_forward(x, kernel, stride, padding)
+    _close(y, ref_y, dtype)
+    assert argmax.dtype == np.int64
+    np.testing.assert_array_equal(argmax, ref_argmax)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    _close(cpu.maxpool_backward(dy, argmax, shape),
+           reference.maxpool_backward(dy, ref_argmax, shape), dtype)
+
+    _close(cpu.avgpool_forward(x, kernel, stride, padding),
+           reference.avgpool_forward(x, kernel, stride, padding), dtype)
+    _close(cpu.avgpool_backward(dy, shape, kernel, stride, padding),
+           reference.avgpool_backward(dy, shape, kernel, stride, padding), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_ties_go_to_the_first_in_row_major_order(dtype):
+    # Small integers: most windows hold ties. Overlapping windows (stride 1) and padding included.
+    x = np.random.default_rng(3).integers(0, 3, (2, 3, 7, 6)).astype(dtype)
+    for kernel, stride, padding in [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 2), (1, 1), (1, 1, 1, 0))]:
+        y, argmax = cpu.maxpool_forward(x, kernel, stride, padding)
+        ref_y, ref_argmax = reference.maxpool_forward(x, kernel, stride, padding)
+        np.testing.assert_array_equal(y, ref_y)
+        np.testing.assert_array_equal(argmax, ref_argmax)
+    # By hand: a constant 2x2 window's winner is its top-left pixel.
+    _, argmax = cpu.maxpool_forward(np.ones((1, 1, 4, 4), dtype), (2, 2), (2, 2), (0, 0, 0, 0))
+    np.testing.assert_array_equal(argmax[0, 0], [[0, 2], [8, 10]])
+
+
+def test_maxpool_padded_cells_never_win():
+    # All inputs negative: a padded zero would win if padding were counted.
+    x = -np.arange(1, 10, dtype=np.float64).reshape(1, 1, 3, 3)
+    y, argmax = cpu.maxpool_forward(x, (2, 2), (2, 2), (1, 0, 1, 0))
+    np.testing.assert_array_equal(y[0, 0], [[-1, -2], [-4, -5]])
+    np.testing.assert_array_equal(argmax[0, 0], [[0, 1], [3, 4]])
+
+
+def test_im2col_by_hand():
+    # 1x1x3x3 image 0..8, 2x2 kernel, stride 1, no padding: 4 patches as columns.
+    x = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
+    cols = cpu.im2col(x, (2, 2), (1, 1), (0, 0, 0, 0))
+    np.testing.assert_array_equal(cols, [[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]])
+    # col2im of all-ones counts how many windows cover each pixel.
+    counts = cpu.col2im(np.ones_like(cols), x.shape, (2, 2), (1, 1), (0, 0, 0, 0))
+    np.testing.assert_array_equal(counts[0, 0], [[1, 2, 1], [2, 4, 2], [1, 2, 1]])
+
+
+def test_avgpool_counts_padding_as_zeros_by_hand():
+    x = np.ones((1, 1, 2, 2), dtype=np.float32)
+    y = cpu.avgpool_forward(x, (2, 2), (2, 2), (1, 1, 1, 1))
+    np.testing.assert_array_equal(y[0, 0], np.full((2, 2), 0.25, np.float32))
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    # Each prange iteration owns its output slice: 1 and 2 threads must agree bit for bit.
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 4, 9, 9))
+    weight = rng.standard_normal((8, 1, 3, 3))
+    geometry = ((3, 3), (2, 1), (1, 1, 0, 2), (1, 2))
+    before = threads.get_num_threads()
+
+    def run_all():
+        cols = cpu.im2col(x, *geometry)
+        y = cpu.depthwise_forward(x, weight, *geometry[1:])
+        return [cols, cpu.col2im(cols, x.shape, *geometry), y,
+                *cpu.depthwise_backward(y, x, weight, *geometry[1:]),
+                cpu.avgpool_backward(x, (3, 4, 18, 9), (2, 1), (2, 1), (0, 0, 0, 0))]
+    try:
+        threads.set_num_threads(1)
+        single = run_all()
+        threads.set_num_threads(2)
+        multi = run_all()
+    finally:
+        threads.set_num_threads(before)
+    for a, b in zip(single, multi):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_set_num_threads_rejects_bad_values():
+    for bad in (0, -2, 1.5, "2"):
+        with pytest.raises(ValueError, match="set_num_threads expected a positive integer"):
+            threads.set_num_threads(bad)
+
+
+def test_bad_arguments_raise_clear_errors():
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64, got int64"):
+        cpu.im2col(np.zeros((1, 1, 4, 4), np.int64), (2, 2), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="4 dimensions, got shape"):
+        cpu.maxpool_forward(np.zeros((5, 5), np.float32), (2, 2), (2, 2), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="col2im expected cols of shape"):
+        cpu.col2im(np.zeros((3, 4), np.float32), x.shape, (2, 2), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="depthwise_forward expected weight"):
+        cpu.depthwise_forward(x, np.zeros((3, 1, 3, 3), np.float32), (1, 1), (0, 0, 0, 0))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (9, 2), (1, 5, 3, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_kernels_match_the_formula(shape, dtype):
+    # Not in reference.py (yet): checked against the textbook formulas, written out in NumPy.
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    weight, bias = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    axes = (0,) + tuple(range(2, len(shape)))
+    per_channel = (1, -1) + (1,) * (len(shape) - 2)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=axes), x64.var(axis=axes)
+    x_hat = (x64 - mean.reshape(per_channel)) / np.sqrt(var.reshape(per_channel) + 1e-5)
+    y, got_x_hat, got_mean, got_var, inv_std = cpu.batchnorm_forward(x, weight, bias, 1e-5)
+    _close(y, (weight.reshape(per_channel) * x_hat + bias.reshape(per_channel)).astype(dtype), dtype)
+    _close(got_x_hat, x_hat.astype(dtype), dtype)
+    _close(got_mean, mean.astype(dtype), dtype)
+    _close(got_var, var.astype(dtype), dtype)
+    _close(inv_std, (1 / np.sqrt(var + 1e-5)).astype(dtype), dtype)
+
+    # Backward against torch's autograd (float64), an independent derivation.
+    torch = require_torch()
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dweight, dbias = cpu.batchnorm_backward(dy, got_x_hat, weight, inv_std)
+    tx, tw, tb = (torch.from_numpy(a.astype(np.float64)).requires_grad_(True) for a in (x, weight, bias))
+    torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True, eps=1e-5).backward(
+        torch.from_numpy(dy.astype(np.float64)))
+    _close(dx, tx.grad.numpy().astype(dtype), dtype)
+    _close(dweight, tw.grad.numpy().astype(dtype), dtype)
+    _close(dbias, tb.grad.numpy().astype(dtype), dtype)
