@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test test-all test-gpu bench clean
+.PHONY: demo test test-all test-gpu bench bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-gpu: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) -m benchmarks
+
+# On a machine with a CUDA GPU (install CuPy with `pip install -e .[gpu]`); says why and exits 0 elsewhere.
+bench-gpu: $(VENV)/.installed-test
+	$(PY) -m benchmarks.gpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs .pytest_cache
