@@ -15,7 +15,8 @@ from . import cpu, reference
 __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
-    "depthwise_forward", "depthwise_backward", "output_hw", "reference", "cpu",
+    "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
+    "output_hw", "reference", "cpu",
 ]
 
 output_hw = reference.output_hw
@@ -58,3 +59,11 @@ def depthwise_forward(x, weight, stride, padding, dilation=(1, 1)):
 
 def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
     return _impl(dy).depthwise_backward(dy, x, weight, stride, padding, dilation)
+
+
+def batchnorm_forward(x, weight, bias, eps):
+    return _impl(x).batchnorm_forward(x, weight, bias, eps)
+
+
+def batchnorm_backward(dy, x_hat, weight, inv_std):
+    return _impl(dy).batchnorm_backward(dy, x_hat, weight, inv_std)

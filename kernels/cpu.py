@@ -362,8 +362,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
 
 
 # ---------------------------------------------------------------- batch normalisation (training)
-# Not in reference.py yet: fused versions of the NumPy maths in
-# minicnn/layers/normalization.py. NumPy's per-channel reductions over axes
+# Fused versions of reference.batchnorm_forward/backward. NumPy's per-channel reductions over axes
 # (0, 2, 3) of an NCHW array stride across memory and make several temporaries;
 # here each channel is one prange iteration that walks its N planes twice.
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})  # reassoc: vectorised sums

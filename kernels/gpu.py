@@ -6,9 +6,11 @@ call ever recompiles. GEMMs are not here: the layers call ``xp.matmul``, which
 CuPy hands to cuBLAS.
 
 Every function allocates its output with CuPy and launches one kernel (two for
-the depthwise backward). Arrays never leave the GPU. ``_launch`` is the only
-place that talks to CUDA: tests swap it for a C++ build of the same source
-running on the CPU, to check the index arithmetic on machines without a GPU.
+the depthwise backward); batch norm is the exception, written with CuPy's own
+reductions and element-wise operations, each already one GPU kernel. Arrays
+never leave the GPU. ``_launch`` is the only place that talks to CUDA: tests
+swap it for a C++ build of the same source running on the CPU, to check the
+index arithmetic on machines without a GPU.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .reference import output_hw
 __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
     "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
-    "SOURCE_PATH",
+    "batchnorm_forward", "batchnorm_backward", "SOURCE_PATH",
 ]
 
 SOURCE_PATH = Path(__file__).with_name("cuda_kernels.cu")
@@ -141,3 +143,30 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation):
     partial = _xp().empty((n,) + tuple(weight.shape), dtype=dy.dtype)
     _launch("depthwise_backward_weight", partial.size, dy.dtype, dy, x, partial, *geometry)
     return dx, partial.sum(axis=0)
+
+
+def batchnorm_forward(x, weight, bias, eps):
+    """Training-mode batch norm, ``reference.batchnorm_forward``'s maths on CuPy arrays.
+
+    Five passes over ``x`` (mean, variance, ``x_hat``, ``y``), each a CuPy kernel: on a GPU
+    the reductions are bandwidth-bound and already fast, so no hand-written kernel.
+    """
+    xp = _xp()
+    axes, shape = (0,) + tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+    mean = x.mean(axis=axes)
+    centered = x - mean.reshape(shape)
+    var = (centered * centered).mean(axis=axes)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    x_hat = centered * inv_std.reshape(shape)
+    return weight.reshape(shape) * x_hat + bias.reshape(shape), x_hat, mean, var, inv_std
+
+
+def batchnorm_backward(dy, x_hat, weight, inv_std):
+    """Training-mode ``(dx, dweight, dbias)``, ``reference.batchnorm_backward``'s maths on CuPy arrays."""
+    axes, shape = (0,) + tuple(range(2, dy.ndim)), (1, -1) + (1,) * (dy.ndim - 2)
+    count = dy.size // dy.shape[1]
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * x_hat).sum(axis=axes)
+    scale = (weight * inv_std / count).reshape(shape)
+    dx = scale * (count * dy - dbias.reshape(shape) - x_hat * dweight.reshape(shape))
+    return dx, dweight, dbias

@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 __all__ = [
     "output_hw", "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
-    "depthwise_forward", "depthwise_backward",
+    "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
 ]
 
 
@@ -136,3 +136,40 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation):
     dwin = np.einsum("ncmhw,cmkl->nchwkl", dy5, weight.reshape(c, m, kh, kw))
     dx = _add_windows(dwin, x.shape, (kh, kw), stride, padding, dilation)
     return dx, dweight
+
+
+def _per_channel(x):
+    """The axes holding one channel's values (all but axis 1) and the shape that broadcasts a (C,) vector."""
+    return (0,) + tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+
+
+def batchnorm_forward(x, weight, bias, eps):
+    """Training-mode batch norm of ``(N, C)`` or ``(N, C, H, W)`` ``x``, per channel over all other axes.
+
+    Returns ``(y, x_hat, mean, var, inv_std)``: ``mean`` and the biased variance ``var`` of
+    each channel, ``inv_std = 1 / sqrt(var + eps)``, ``x_hat = (x - mean) * inv_std`` and
+    ``y = weight * x_hat + bias``; the vectors have shape ``(C,)``.
+    """
+    axes, shape = _per_channel(x)
+    mean = x.mean(axis=axes)
+    centered = x - mean.reshape(shape)
+    var = (centered * centered).mean(axis=axes)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    x_hat = centered * inv_std.reshape(shape)
+    return weight.reshape(shape) * x_hat + bias.reshape(shape), x_hat, mean, var, inv_std
+
+
+def batchnorm_backward(dy, x_hat, weight, inv_std):
+    """Training-mode gradients ``(dx, dweight, dbias)`` for ``batchnorm_forward``.
+
+    With ``M`` values per channel (derivation in ``minicnn/layers/normalization.py``)::
+
+        dx = weight * inv_std / M * (M dy - sum(dy) - x_hat * sum(dy * x_hat))
+    """
+    axes, shape = _per_channel(dy)
+    count = dy.size // dy.shape[1]
+    dbias = dy.sum(axis=axes)
+    dweight = (dy * x_hat).sum(axis=axes)
+    scale = (weight * inv_std / count).reshape(shape)
+    dx = scale * (count * dy - dbias.reshape(shape) - x_hat * dweight.reshape(shape))
+    return dx, dweight, dbias

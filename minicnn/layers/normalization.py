@@ -19,6 +19,7 @@ import numbers
 
 import numpy as np
 
+from .. import kernels
 from ..backend import get_array_module
 from .base import Layer
 
@@ -59,6 +60,12 @@ class _BatchNorm(Layer):
 
     one fused expression that needs only the cached ``x_hat`` and ``1 / s``.
     In evaluation ``mu`` and ``s`` are constants, so ``dx = gamma / s * dy``.
+
+    Training runs ``kernels.batchnorm_forward`` / ``batchnorm_backward`` (these
+    formulas; on the CPU fused into one parallel pass per channel, float64 sums);
+    ``kernels.reference`` has them in plain NumPy. In evaluation the affine map is
+    folded into ``y = x * scale + shift`` with ``scale = gamma / s`` and
+    ``shift = beta - mu * scale``.
     """
 
     reduce_axes: tuple = ()
@@ -84,36 +91,42 @@ class _BatchNorm(Layer):
         x = self._prepare(x)
         self._expect_input(x, "input channels", 1, self.input_shape[0])
         xp = get_array_module(x)
+        gamma, beta = self.params["weight"], self.params["bias"]
         per_channel = (1, -1) + (1,) * (x.ndim - 2)  # broadcasts a (C,) vector against x
+        self._cache_training = training
         if training:
             count = x.size // x.shape[1]
             if count < 2:
                 raise ValueError(f"{self.name} expected more than 1 value per channel when training, "
                                  f"got input shape {tuple(x.shape)}")
-            mean = x.mean(axis=self.reduce_axes)
-            centered = x - mean.reshape(per_channel)
-            var = (centered * centered).mean(axis=self.reduce_axes)  # biased: divides by M
+            # mean, biased var, x_hat = (x - mean) * inv_std and y = gamma * x_hat + beta,
+            # fused into one pass per channel on the CPU (kernels.batchnorm_forward).
+            y, x_hat, mean, var, inv_std = kernels.batchnorm_forward(x, gamma, beta, self.eps)
             self._update_running(mean, var * (count / (count - 1)))
-        else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            centered = x - mean.reshape(per_channel)
-        inv_std = (1.0 / xp.sqrt(var + self.eps)).reshape(per_channel)
-        x_hat = centered * inv_std
-        self._cache_x_hat, self._cache_inv_std, self._cache_training = x_hat, inv_std, training
-        return self.params["weight"].reshape(per_channel) * x_hat + self.params["bias"].reshape(per_channel)
+            self._cache_x_hat, self._cache_inv_std = x_hat, inv_std
+            return y
+        # Evaluation: a fixed affine map, folded into one multiply-add, y = x * scale + shift.
+        inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
+        scale = gamma * inv_std
+        shift = beta - self.buffers["running_mean"] * scale
+        self._cache_x, self._cache_inv_std = x, inv_std
+        y = x * scale.reshape(per_channel)
+        y += shift.reshape(per_channel)
+        return y
 
     def backward(self, dy):
-        x_hat, inv_std = self._cache_x_hat, self._cache_inv_std
         dy = dy.astype(self.dtype, copy=False)
-        sum_dy = dy.sum(axis=self.reduce_axes, keepdims=True)
-        sum_dy_x_hat = (dy * x_hat).sum(axis=self.reduce_axes, keepdims=True)
-        self.grads["weight"][...] = sum_dy_x_hat.reshape(-1)
-        self.grads["bias"][...] = sum_dy.reshape(-1)
-        scale = self.params["weight"].reshape(inv_std.shape) * inv_std  # gamma / s
-        if not self._cache_training:
-            return scale * dy
-        count = dy.size // dy.shape[1]
-        return (scale / count) * (count * dy - sum_dy - x_hat * sum_dy_x_hat)
+        gamma, inv_std = self.params["weight"], self._cache_inv_std
+        if self._cache_training:
+            dx, dgamma, dbeta = kernels.batchnorm_backward(dy, self._cache_x_hat, gamma, inv_std)
+        else:  # mu and s are constants: dx = gamma / s * dy
+            per_channel = (1, -1) + (1,) * (dy.ndim - 2)
+            x_hat = (self._cache_x - self.buffers["running_mean"].reshape(per_channel)) * inv_std.reshape(per_channel)
+            dgamma, dbeta = (dy * x_hat).sum(axis=self.reduce_axes), dy.sum(axis=self.reduce_axes)
+            dx = (gamma * inv_std).reshape(per_channel) * dy
+        self.grads["weight"][...] = dgamma
+        self.grads["bias"][...] = dbeta
+        return dx
 
     def _update_running(self, mean, unbiased_var) -> None:
         # In place, so the arrays in state_dict()/named_buffers() stay the live ones.

@@ -6,8 +6,8 @@ return the same numbers over a sweep of geometries: odd sizes, N=1, C=1,
 kernels 1-5 (square or not), strides 1-3, asymmetric paddings, dilations 1-3,
 in float32 and float64. Max-pool indices must be identical, ties included.
 A few hand-computed cases pin down the conventions independently of both.
-The batch-norm kernels (not in the reference yet) are checked against the
-formulas in float64 NumPy and against torch's autograd.
+The batch-norm kernels, fast and reference alike, are checked against the
+formulas in float64 NumPy and against torch's autograd, and against each other.
 """
 from __future__ import annotations
 
@@ -204,10 +204,14 @@ def test_bad_arguments_raise_clear_errors():
         cpu.depthwise_forward(x, np.zeros((3, 1, 3, 3), np.float32), (1, 1), (0, 0, 0, 0))
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (9, 2), (1, 5, 3, 3)])
+BATCHNORM_SHAPES = [(4, 3, 5, 7), (9, 2), (1, 5, 3, 3), (16, 7, 1, 1)]
+
+
+@pytest.mark.parametrize("impl", [cpu, reference], ids=["cpu", "reference"])
+@pytest.mark.parametrize("shape", BATCHNORM_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batchnorm_kernels_match_the_formula(shape, dtype):
-    # Not in reference.py (yet): checked against the textbook formulas, written out in NumPy.
+def test_batchnorm_kernels_match_the_formula(impl, shape, dtype):
+    # Against the textbook formulas, written out in float64 NumPy with np.var.
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     weight, bias = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
@@ -216,7 +220,7 @@ def test_batchnorm_kernels_match_the_formula(shape, dtype):
     x64 = x.astype(np.float64)
     mean, var = x64.mean(axis=axes), x64.var(axis=axes)
     x_hat = (x64 - mean.reshape(per_channel)) / np.sqrt(var.reshape(per_channel) + 1e-5)
-    y, got_x_hat, got_mean, got_var, inv_std = cpu.batchnorm_forward(x, weight, bias, 1e-5)
+    y, got_x_hat, got_mean, got_var, inv_std = impl.batchnorm_forward(x, weight, bias, 1e-5)
     _close(y, (weight.reshape(per_channel) * x_hat + bias.reshape(per_channel)).astype(dtype), dtype)
     _close(got_x_hat, x_hat.astype(dtype), dtype)
     _close(got_mean, mean.astype(dtype), dtype)
@@ -226,10 +230,26 @@ def test_batchnorm_kernels_match_the_formula(shape, dtype):
     # Backward against torch's autograd (float64), an independent derivation.
     torch = require_torch()
     dy = rng.standard_normal(shape).astype(dtype)
-    dx, dweight, dbias = cpu.batchnorm_backward(dy, got_x_hat, weight, inv_std)
+    dx, dweight, dbias = impl.batchnorm_backward(dy, got_x_hat, weight, inv_std)
     tx, tw, tb = (torch.from_numpy(a.astype(np.float64)).requires_grad_(True) for a in (x, weight, bias))
     torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True, eps=1e-5).backward(
         torch.from_numpy(dy.astype(np.float64)))
     _close(dx, tx.grad.numpy().astype(dtype), dtype)
     _close(dweight, tw.grad.numpy().astype(dtype), dtype)
     _close(dbias, tb.grad.numpy().astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("shape", BATCHNORM_SHAPES + [(3, 4, 6, 5)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_kernels_match_reference(shape, dtype):
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(shape) * 2 - 3).astype(dtype)
+    weight, bias = rng.standard_normal((2, shape[1])).astype(dtype)
+    fast = cpu.batchnorm_forward(x, weight, bias, 1e-3)
+    slow = reference.batchnorm_forward(x, weight, bias, 1e-3)
+    for got, expected in zip(fast, slow):
+        _close(got, expected, dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    for got, expected in zip(cpu.batchnorm_backward(dy, fast[1], weight, fast[4]),
+                             reference.batchnorm_backward(dy, slow[1], weight, slow[4])):
+        _close(got, expected, dtype)
