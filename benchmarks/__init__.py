@@ -2,8 +2,8 @@
 
 Both frameworks run in the same process, on the same shapes, with the same
 number of threads (``torch.set_num_threads(minicnn.threads.get_num_threads())``).
-Each case is warmed up, then timed alternately (minicnn, torch, minicnn, ...)
-so that load from other processes hits both alike; the table reports medians.
+Each case is timed in interleaved blocks (minicnn's calls back to back, then
+torch's, three rounds), each block warmed up first; the table reports medians.
 See ``docs/benchmarks.md`` for the method and the figures measured.
 
 Modules: ``harness`` (timing, the sgemm ceiling, peak memory), ``cases`` (what

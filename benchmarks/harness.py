@@ -27,17 +27,26 @@ import numpy as np
 __all__ = ["time_pair", "sgemm_ceiling", "peak_memory", "memory_supported"]
 
 
-def time_pair(first, second, warmup: int = 3, repeats: int = 15) -> tuple[float, float]:
-    """Median milliseconds of ``first()`` and ``second()``, timed alternately after a warm-up."""
-    for _ in range(warmup):
-        first()
-        second()
+def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3) -> tuple[float, float]:
+    """Median milliseconds of ``first()`` and ``second()``, timed in interleaved blocks.
+
+    Each of ``rounds`` rounds warms up and times ``first`` back to back, then does the
+    same for ``second``. Back-to-back calls are how a framework runs in training: one
+    framework at a time, its own thread pools warm. (Strict alternation, call by call,
+    charges each framework for the other's still-spinning worker threads and flattered
+    minicnn by up to 1.5x on the large convolutions; see docs/benchmarks.md.) Rounds
+    spread slow drifts in machine load over both.
+    """
     times_first, times_second = [], []
-    for _ in range(repeats):
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
         for fn, times in ((first, times_first), (second, times_second)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
+            for _ in range(warmup):
+                fn()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times_first), 1e3 * statistics.median(times_second)
 
 
