@@ -515,6 +515,9 @@ def _summary_rows(container, input_shape, prefix: str, depth: int, rows: list) -
         path = prefix + child_name
         kind = type(child).__name__
         title = kind if child.name == kind else f"{child.name} ({kind})"
+        activation = getattr(child, "activation", None)
+        if isinstance(activation, Layer) and type(activation).__name__ != "Identity":
+            title += f" + {type(activation).__name__}"  # a fused activation= shows in its row
         label = f"{'  ' * depth}{path:<{path_width}}  {title}"
         count = child.parameters_count() + int(sum(b.size for _, b in child.named_buffers()))
         rows.append((label, str(_with_batch(child.output_shape(child_shape))), f"{count:,}"))
