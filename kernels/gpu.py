@@ -23,6 +23,10 @@ from minicnn import backend
 
 from .reference import output_hw
 
+# Batch norm on the GPU is the reference's maths itself, run on CuPy arrays (it uses array
+# methods only): its reductions are bandwidth-bound and CuPy's kernels are already fast there.
+from .reference import batchnorm_backward, batchnorm_forward  # noqa: E402,F401
+
 __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
     "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
@@ -143,30 +147,3 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation):
     partial = _xp().empty((n,) + tuple(weight.shape), dtype=dy.dtype)
     _launch("depthwise_backward_weight", partial.size, dy.dtype, dy, x, partial, *geometry)
     return dx, partial.sum(axis=0)
-
-
-def batchnorm_forward(x, weight, bias, eps):
-    """Training-mode batch norm, ``reference.batchnorm_forward``'s maths on CuPy arrays.
-
-    Five passes over ``x`` (mean, variance, ``x_hat``, ``y``), each a CuPy kernel: on a GPU
-    the reductions are bandwidth-bound and already fast, so no hand-written kernel.
-    """
-    xp = _xp()
-    axes, shape = (0,) + tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
-    mean = x.mean(axis=axes)
-    centered = x - mean.reshape(shape)
-    var = (centered * centered).mean(axis=axes)
-    inv_std = 1.0 / xp.sqrt(var + eps)
-    x_hat = centered * inv_std.reshape(shape)
-    return weight.reshape(shape) * x_hat + bias.reshape(shape), x_hat, mean, var, inv_std
-
-
-def batchnorm_backward(dy, x_hat, weight, inv_std):
-    """Training-mode ``(dx, dweight, dbias)``, ``reference.batchnorm_backward``'s maths on CuPy arrays."""
-    axes, shape = (0,) + tuple(range(2, dy.ndim)), (1, -1) + (1,) * (dy.ndim - 2)
-    count = dy.size // dy.shape[1]
-    dbias = dy.sum(axis=axes)
-    dweight = (dy * x_hat).sum(axis=axes)
-    scale = (weight * inv_std / count).reshape(shape)
-    dx = scale * (count * dy - dbias.reshape(shape) - x_hat * dweight.reshape(shape))
-    return dx, dweight, dbias

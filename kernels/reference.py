@@ -154,7 +154,9 @@ def batchnorm_forward(x, weight, bias, eps):
     mean = x.mean(axis=axes)
     centered = x - mean.reshape(shape)
     var = (centered * centered).mean(axis=axes)
-    inv_std = 1.0 / np.sqrt(var + eps)
+    # Array methods and operators only (no np.* call), so the GPU backend runs this same
+    # function on CuPy arrays: each line becomes a CuPy kernel.
+    inv_std = 1.0 / (var + eps) ** 0.5
     x_hat = centered * inv_std.reshape(shape)
     return weight.reshape(shape) * x_hat + bias.reshape(shape), x_hat, mean, var, inv_std
 
