@@ -153,7 +153,11 @@ def _train(args) -> int:
 
 
 def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=100)
+    """Write a plot without ever leaving a half-written PNG over last run's."""
+    from .fileio import atomic_write
+
+    with atomic_write(path, suffix=".png") as temporary:  # matplotlib picks PNG from the suffix
+        fig.savefig(temporary, dpi=100)
 
 
 def _evaluate(args) -> int:

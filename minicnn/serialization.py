@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from .fileio import atomic_write
 
 __all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -54,22 +55,9 @@ def save(model, path) -> str:
     arrays = {_RECORD_KEY: np.frombuffer(json.dumps(record).encode("utf-8"), dtype=np.uint8)}
     arrays.update({_STATE_PREFIX + name: value for name, value in model.state_dict().items()})
 
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                                         suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
+    with atomic_write(path) as temporary:
+        with open(temporary, "wb") as file:
             np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)  # mkstemp makes the file private; give it the usual permissions
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
     return path
 
 

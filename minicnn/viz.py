@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 
 import matplotlib
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from . import backend  # noqa: E402
+from .fileio import atomic_write  # noqa: E402
 
 __all__ = ["plot_history", "plot_confusion_matrix", "plot_filters", "plot_feature_maps",
            "grad_cam", "plot_grad_cam", "animate_filters", "plot_reconstructions", "plot_roc"]
@@ -489,10 +489,7 @@ def animate_filters(snapshots, path, fps=4, max_filters=64):
     title = fig.suptitle("")
     what = f"{layer_name} filters" if layer_name else "filters"
 
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-    handle, temporary = tempfile.mkstemp(suffix=".gif", prefix=".animate_filters-", dir=directory)
-    os.close(handle)
-    try:
+    with atomic_write(path, suffix=".gif") as temporary:  # Pillow picks GIF from the suffix
         # setup/finish rather than writer.saving(): saving() finishes even after an error,
         # and finishing with no frames would hide that error behind an IndexError.
         writer = PillowWriter(fps=fps)
@@ -505,11 +502,6 @@ def animate_filters(snapshots, path, fps=4, max_filters=64):
                            + (" (before training)" if epoch == 0 else ""))
             writer.grab_frame()
         writer.finish()
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
     return path
 
 

@@ -24,6 +24,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from ..fileio import atomic_write
+
 __all__ = ["SOURCES", "default_cache_dir", "download_dataset", "download_file", "extract_tar",
            "extract_cifar10"]
 
@@ -99,9 +101,8 @@ def download_file(url: str, dest, accepted, timeout: float = 30.0) -> Path:
         raise ValueError(f"download_file refuses {url}: no checksum given to verify it against")
     dest.parent.mkdir(parents=True, exist_ok=True)
     hashers = _hashers_for(accepted)
-    fd, part = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with atomic_write(dest, suffix=".part") as part:
+        with open(part, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
             received = 0
             for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -117,11 +118,6 @@ def download_file(url: str, dest, accepted, timeout: float = 30.0) -> Path:
             wanted = " or ".join(f"{algo} {digest}" for algo, digest in accepted)
             raise ValueError(f"checksum mismatch for {url}: expected {wanted}, got {found}; "
                              "the file was discarded (a bad mirror or a corrupted transfer)")
-        os.replace(part, dest)
-    except BaseException:
-        # BaseException: a Ctrl-C mid-transfer must not leave a partial file either.
-        Path(part).unlink(missing_ok=True)
-        raise
     return dest
 
 
