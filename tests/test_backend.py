@@ -35,3 +35,27 @@ def test_workspace_limit_is_validated_and_settable():
             backend.set_workspace_limit(0)
     finally:
         backend.set_workspace_limit(old / 2**20)
+
+
+def test_cupy_installed_without_a_gpu_says_so(monkeypatch):
+    """The other half of the error: CuPy imports, but the CUDA runtime finds no device."""
+    import sys
+    import types
+
+    class NoDevice(RuntimeError):
+        pass
+
+    def no_device():
+        raise NoDevice("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=no_device))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)  # forget the answer cached at import
+    assert backend.available() == ["numpy"]
+    with pytest.raises(backend.BackendUnavailableError, match="CuPy is installed but no CUDA GPU is usable"):
+        backend.set_backend("cupy")
+    with pytest.raises(backend.BackendUnavailableError, match="nvidia-smi"):
+        backend.to_device(np.zeros(3), "cupy")
+    assert backend.get_backend() == "numpy"
