@@ -27,3 +27,11 @@ def test_gradcheck_flags_a_wrong_backward():
 def test_backend_numpy_is_always_available():
     assert "numpy" in minicnn.backend.available()
     assert minicnn.backend.get_array_module(np.zeros(1)) is np
+
+
+def test_images_without_a_channel_axis_get_a_hint():
+    import pytest
+    from minicnn.layers import Conv2D
+
+    with pytest.raises(ValueError, match=r"Conv2D expected a 4-D input .*got shape \(8, 28, 28\).*x\[:, None\]"):
+        Conv2D(4, 3)(np.zeros((8, 28, 28), np.float32))

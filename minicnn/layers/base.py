@@ -140,8 +140,12 @@ class Layer:
         if len(shape) != expected:
             layout = _LAYOUTS.get(self.input_rank, "")
             layout = layout if with_batch else layout.replace("N, ", "")
+            hint = ""
+            if self.input_rank == 3 and len(shape) == expected - 1:
+                # The classic: grayscale images as (N, H, W), without their channel axis.
+                hint = "; if these are single-channel images, add the channel axis with x[:, None]"
             raise ValueError(
-                f"{self.name} expected a {expected}-D input {layout}, got shape {tuple(shape)}"
+                f"{self.name} expected a {expected}-D input {layout}, got shape {tuple(shape)}{hint}"
             )
 
     def _expect_input(self, x, axis_name: str, axis: int, expected: int) -> None:
