@@ -16,7 +16,7 @@ __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "output_hw", "reference", "cpu",
+    "conv_epilogue", "conv_epilogue_backward", "output_hw", "reference", "cpu",
 ]
 
 output_hw = reference.output_hw
@@ -67,3 +67,11 @@ def batchnorm_forward(x, weight, bias, eps):
 
 def batchnorm_backward(dy, x_hat, weight, inv_std):
     return _impl(dy).batchnorm_backward(dy, x_hat, weight, inv_std)
+
+
+def conv_epilogue(z2, bias, out_shape, relu):
+    return _impl(z2).conv_epilogue(z2, bias, out_shape, relu)
+
+
+def conv_epilogue_backward(dy, relu_output=None):
+    return _impl(dy).conv_epilogue_backward(dy, relu_output)

@@ -34,7 +34,7 @@ from .reference import output_hw
 __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
     "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
-    "batchnorm_forward", "batchnorm_backward",
+    "batchnorm_forward", "batchnorm_backward", "conv_epilogue", "conv_epilogue_backward",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -449,3 +449,67 @@ def batchnorm_backward(dy, x_hat, weight, inv_std):
     dweight, dbias = np.empty(dy.shape[1], dtype=dy.dtype), np.empty(dy.shape[1], dtype=dy.dtype)
     _batchnorm_backward(dy3, xh3, weight, inv_std, dx, dweight, dbias)
     return dx.reshape(dy.shape), dweight, dbias
+
+
+# ---------------------------------------------------------------- convolution epilogue
+# The GEMM leaves a convolution's output as (C, N*Ho*Wo); the layer wants act(z + b) as
+# (N, C, Ho, Wo). NumPy needs a pass per step (transpose copy, bias add, ReLU mask, maximum);
+# these cores do the lot in one pass, and backward's mask, transpose and bias sum in another.
+@njit(cache=True, parallel=True)
+def _conv_epilogue(z2, bias, y, relu):
+    n, c, hw = y.shape
+    for plane in prange(n * c):  # one (n, c) output plane each: disjoint writes
+        b, ch = plane // c, plane % c
+        beta = bias[ch]
+        if relu:
+            for k in range(hw):
+                v = z2[ch, b * hw + k] + beta
+                y[b, ch, k] = 0 if v <= 0 else v  # NaN stays NaN, as torch's ReLU
+        else:
+            for k in range(hw):
+                y[b, ch, k] = z2[ch, b * hw + k] + beta
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})  # reassoc: a vectorised bias sum
+def _conv_epilogue_backward(dy, relu_output, dz2, dbias, relu):
+    n, c, hw = dy.shape
+    for ch in prange(c):  # one channel each: its row of dz2 and its bias gradient
+        total = 0.0  # float64 accumulator
+        for b in range(n):
+            if relu:
+                for k in range(hw):
+                    g = dy[b, ch, k] if relu_output[b, ch, k] > 0 else 0
+                    dz2[ch, b * hw + k] = g
+                    total += g
+            else:
+                for k in range(hw):
+                    dz2[ch, b * hw + k] = dy[b, ch, k]
+                    total += dy[b, ch, k]
+        dbias[ch] = total
+
+
+def conv_epilogue(z2, bias, out_shape, relu):
+    """``y = act(z + bias)`` as ``(N, C, Ho, Wo)`` from the GEMM output ``z2`` (C, N*Ho*Wo)."""
+    z2 = _as_float_array(z2, "z2", rank=2)
+    n, c, ho, wo = (int(s) for s in out_shape)
+    if z2.shape != (c, n * ho * wo):
+        raise ValueError(f"conv_epilogue expected z2 of shape {(c, n * ho * wo)} for output {out_shape}, "
+                         f"got {z2.shape}")
+    bias = np.zeros(c, z2.dtype) if bias is None else np.ascontiguousarray(bias, dtype=z2.dtype)
+    y = np.empty((n, c, ho, wo), dtype=z2.dtype)
+    _conv_epilogue(z2, bias, y.reshape(n, c, ho * wo), bool(relu))
+    return y
+
+
+def conv_epilogue_backward(dy, relu_output=None):
+    """``(dz2, dbias)``: ``dy * [y > 0]`` (or ``dy``) in GEMM layout, and its per-channel sum."""
+    dy = _as_float_array(dy, "dy")
+    relu = relu_output is not None
+    mask = np.ascontiguousarray(relu_output, dtype=dy.dtype) if relu else dy
+    if mask.shape != dy.shape:
+        raise ValueError(f"conv_epilogue_backward expected relu_output of shape {dy.shape}, got {mask.shape}")
+    n, c = dy.shape[:2]
+    dz2 = np.empty((c, dy.size // c), dtype=dy.dtype)
+    dbias = np.empty(c, dtype=dy.dtype)
+    _conv_epilogue_backward(dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu)
+    return dz2, dbias

@@ -30,7 +30,7 @@ from .reference import batchnorm_backward, batchnorm_forward  # noqa: E402,F401
 __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
     "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
-    "batchnorm_forward", "batchnorm_backward", "SOURCE_PATH",
+    "batchnorm_forward", "batchnorm_backward", "conv_epilogue", "conv_epilogue_backward", "SOURCE_PATH",
 ]
 
 SOURCE_PATH = Path(__file__).with_name("cuda_kernels.cu")
@@ -147,3 +147,20 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation):
     partial = _xp().empty((n,) + tuple(weight.shape), dtype=dy.dtype)
     _launch("depthwise_backward_weight", partial.size, dy.dtype, dy, x, partial, *geometry)
     return dx, partial.sum(axis=0)
+
+
+# The conv epilogue and its adjoint are CuPy array code: a transpose, a broadcast add and a
+# maximum are each one bandwidth-bound kernel, which is all they are on the GPU too.
+def conv_epilogue(z2, bias, out_shape, relu):
+    n, c, ho, wo = out_shape
+    y = _contiguous(z2.reshape(c, n, ho, wo).transpose(1, 0, 2, 3))
+    if bias is not None:
+        y += bias[:, None, None]
+    if relu:
+        _xp().maximum(y, 0, out=y)
+    return y
+
+
+def conv_epilogue_backward(dy, relu_output=None):
+    dz = dy if relu_output is None else dy * (relu_output > 0)
+    return _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1), dz.sum(axis=(0, 2, 3))

@@ -22,6 +22,7 @@ __all__ = [
     "output_hw", "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
+    "conv_epilogue", "conv_epilogue_backward",
 ]
 
 
@@ -175,3 +176,28 @@ def batchnorm_backward(dy, x_hat, weight, inv_std):
     scale = (weight * inv_std / count).reshape(shape)
     dx = scale * (count * dy - dbias.reshape(shape) - x_hat * dweight.reshape(shape))
     return dx, dweight, dbias
+
+
+def conv_epilogue(z2, bias, out_shape, relu):
+    """A convolution's last step: ``y = act(z + bias)`` out of the GEMM layout.
+
+    ``z2`` is the GEMM output ``(C, N*Ho*Wo)`` (column ``n*Ho*Wo + i*Wo + j``, as ``im2col``);
+    ``y`` is ``(N, C, Ho, Wo)`` with ``y[n, c, i, j] = act(z2[c, n*Ho*Wo + i*Wo + j] + bias[c])``,
+    ``act`` ReLU when ``relu`` is set, else the identity. ``bias`` may be ``None`` (no bias).
+    """
+    n, c, ho, wo = out_shape
+    z = z2.reshape(c, n, ho, wo).transpose(1, 0, 2, 3)
+    if bias is not None:
+        z = z + bias[:, None, None]
+    return np.maximum(z, 0) if relu else np.ascontiguousarray(z)
+
+
+def conv_epilogue_backward(dy, relu_output=None):
+    """Adjoint of ``conv_epilogue``: ``(dz2, dbias)`` from ``dy`` (N, C, Ho, Wo).
+
+    ``dz = dy * [y > 0]`` when ``relu_output`` (the ``y`` of a ReLU epilogue) is given, else
+    ``dz = dy``; ``dz2`` is ``dz`` in the GEMM layout ``(C, N*Ho*Wo)`` and ``dbias[c]`` sums
+    ``dz[:, c]`` over batch and space.
+    """
+    dz = dy if relu_output is None else dy * (relu_output > 0)
+    return np.ascontiguousarray(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1), dz.sum(axis=(0, 2, 3))

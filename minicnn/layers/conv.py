@@ -38,7 +38,7 @@ import numpy as np
 from .. import kernels
 from ..backend import get_array_module, get_workspace_limit
 from ..initializers import init_weight
-from .activations import get_activation
+from .activations import Identity, ReLU, get_activation
 from .base import Layer
 from .shapes import as_pair, positive_int, conv_output_size, resolve_padding
 
@@ -91,60 +91,92 @@ def _matmul_each(a, b, out):
     return out
 
 
-def _conv_forward(x, weight, stride, pads, dilation, keep_cols: bool = False):
-    """``y = conv(x, weight)`` without bias: im2col + one GEMM per block of samples.
+def _columns(part: slice, hw: int) -> slice:
+    """The GEMM-layout columns of the samples in ``part`` (each sample owns ``hw`` columns)."""
+    return slice(part.start * hw, part.stop * hw)
 
-    Returns ``(y, cols)``; with ``keep_cols`` set and the whole batch in one block, ``cols``
-    is that block's columns in a one-item list (backward reuses them), else ``None``. Larger
-    batches recompute their columns in backward: keeping dozens of blocks alive costs more
-    in fresh memory pages than the second im2col (136 ms against 71 ms for a forward of L3).
+
+def _conv_gemm(x, weight, stride, pads, dilation, keep_cols: bool = False):
+    """``Y2 = W2 @ im2col(x)`` without bias, in GEMM layout ``(C_out, N*Ho*Wo)``.
+
+    One GEMM per block of samples. Returns ``(Y2, cols)``; with ``keep_cols`` set and the
+    whole batch in one block, ``cols`` is that block's columns in a one-item list (backward
+    reuses them), else ``None``. Larger batches recompute their columns in backward: keeping
+    dozens of blocks alive costs more in fresh memory pages than the second im2col (136 ms
+    against 71 ms for a forward of L3).
     """
+    xp = get_array_module(x)
+    n, c_out, kernel = x.shape[0], weight.shape[0], weight.shape[2:]
+    w2d = weight.reshape(c_out, -1)
+    ho, wo = kernels.output_hw(x.shape, kernel, stride, pads, dilation)
+    chunks = _batch_chunks(n, w2d.shape[1] * ho * wo * x.itemsize)
+    if len(chunks) == 1:
+        cols = kernels.im2col(x, kernel, stride, pads, dilation)
+        return w2d @ cols, ([cols] if keep_cols else None)
+    y2 = xp.empty((c_out, n * ho * wo), dtype=x.dtype)
+    for part in chunks:
+        y2[:, _columns(part, ho * wo)] = w2d @ kernels.im2col(x[part], kernel, stride, pads, dilation)
+    return y2, None
+
+
+def _conv_weight_grad_gemm(dy2, x, weight_shape, stride, pads, dilation, cols=None):
+    """``dW2 = sum over blocks of dY2 @ cols.T``, ``dY2`` in GEMM layout; reuses ``cols`` when given."""
+    kernel, n = weight_shape[2:], x.shape[0]
+    hw = dy2.shape[1] // n
+    chunks = _batch_chunks(n, math.prod(weight_shape[1:]) * hw * dy2.itemsize)
+    if cols is None:
+        cols = (kernels.im2col(x[part], kernel, stride, pads, dilation) for part in chunks)
+    return sum(dy2[:, _columns(part, hw)] @ block.T for part, block in zip(chunks, cols)).reshape(weight_shape)
+
+
+def _conv_input_grad_gemm(dy2, weight, x_shape, stride, pads, dilation):
+    """``dx = col2im(W2.T @ dY2)`` per block of samples, ``dY2`` in GEMM layout."""
+    xp = get_array_module(dy2)
+    kernel, n = weight.shape[2:], x_shape[0]
+    w2d, hw = weight.reshape(weight.shape[0], -1), dy2.shape[1] // n
+    chunks = _batch_chunks(n, w2d.shape[1] * hw * dy2.itemsize)
+    if len(chunks) == 1:
+        return kernels.col2im(w2d.T @ dy2, x_shape, kernel, stride, pads, dilation)
+    dx = xp.empty(x_shape, dtype=dy2.dtype)
+    for part in chunks:
+        dcols = w2d.T @ dy2[:, _columns(part, hw)]
+        dx[part] = kernels.col2im(dcols, dx[part].shape, kernel, stride, pads, dilation)
+    return dx
+
+
+# The same three steps with ``x``, ``y`` and ``dy`` as (N, C, H, W) arrays, for the layers
+# that do not work in GEMM layout. A 1x1 convolution needs no im2col: per sample it is
+# ``(C_out, C) @ (C, H*W)`` on the input as it lies in memory.
+def _conv_forward(x, weight, stride, pads, dilation, keep_cols: bool = False):
+    """``y = conv(x, weight)`` without bias, as (N, C_out, Ho, Wo); ``cols`` as ``_conv_gemm``."""
     xp = get_array_module(x)
     n, c, h, w = x.shape
     c_out, kernel = weight.shape[0], weight.shape[2:]
-    w2d = weight.reshape(c_out, -1)
     if _is_pointwise(kernel, stride, pads):
-        # (C_out, C) @ (C, H*W) per sample: the input is already its own column matrix.
         y = xp.empty((n, c_out, h * w), dtype=x.dtype)
-        return _matmul_each(w2d, x.reshape(n, c, h * w), y).reshape(n, c_out, h, w), None
+        return _matmul_each(weight.reshape(c_out, c), x.reshape(n, c, h * w), y).reshape(n, c_out, h, w), None
+    y2, cols = _conv_gemm(x, weight, stride, pads, dilation, keep_cols)
     ho, wo = kernels.output_hw(x.shape, kernel, stride, pads, dilation)
-    bytes_per_sample = w2d.shape[1] * ho * wo * x.itemsize
-    chunks = _batch_chunks(n, bytes_per_sample)
-    y = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
-    for part in chunks:
-        cols = kernels.im2col(x[part], kernel, stride, pads, dilation)
-        y[part] = _from_gemm(w2d @ cols, x[part].shape[0], ho, wo)
-    return y, ([cols] if keep_cols and len(chunks) == 1 else None)
+    return xp.ascontiguousarray(_from_gemm(y2, n, ho, wo)), cols
 
 
 def _conv_weight_grad(dy, x, weight_shape, stride, pads, dilation, cols=None):
-    """``dW2 = sum over blocks of dY2 @ cols.T``; reuses the blocks' ``cols`` when given."""
+    """``dW`` from ``dy`` (N, C_out, Ho, Wo); see ``_conv_weight_grad_gemm``."""
     n, c_out = dy.shape[:2]
-    kernel = weight_shape[2:]
-    if _is_pointwise(kernel, stride, pads):
+    if _is_pointwise(weight_shape[2:], stride, pads):
         dy3, x3 = dy.reshape(n, c_out, -1), x.reshape(n, x.shape[1], -1)
         return sum(dy3[i] @ x3[i].T for i in range(n)).reshape(weight_shape)
-    bytes_per_sample = math.prod(weight_shape[1:]) * dy.shape[2] * dy.shape[3] * dy.itemsize
-    chunks = _batch_chunks(n, bytes_per_sample)
-    if cols is None:
-        cols = (kernels.im2col(x[part], kernel, stride, pads, dilation) for part in chunks)
-    return sum(_to_gemm(dy[part]) @ block.T for part, block in zip(chunks, cols)).reshape(weight_shape)
+    return _conv_weight_grad_gemm(_to_gemm(dy), x, weight_shape, stride, pads, dilation, cols)
 
 
 def _conv_input_grad(dy, weight, x_shape, stride, pads, dilation):
-    """``dx = col2im(W2.T @ dY2)`` per block of samples: the adjoint of ``_conv_forward``."""
+    """``dx`` from ``dy`` (N, C_out, Ho, Wo): the adjoint of ``_conv_forward``."""
     xp = get_array_module(dy)
     n, c_out, ho, wo = dy.shape
-    kernel = weight.shape[2:]
-    w2d = weight.reshape(c_out, -1)
-    if _is_pointwise(kernel, stride, pads):
+    if _is_pointwise(weight.shape[2:], stride, pads):
         dx = xp.empty((n, x_shape[1], ho * wo), dtype=dy.dtype)
-        return _matmul_each(w2d.T, dy.reshape(n, c_out, ho * wo), dx).reshape(x_shape)
-    dx = xp.empty(x_shape, dtype=dy.dtype)
-    for part in _batch_chunks(n, w2d.shape[1] * ho * wo * dy.itemsize):
-        dcols = w2d.T @ _to_gemm(dy[part])
-        dx[part] = kernels.col2im(dcols, dx[part].shape, kernel, stride, pads, dilation)
-    return dx
+        return _matmul_each(weight.reshape(c_out, -1).T, dy.reshape(n, c_out, ho * wo), dx).reshape(x_shape)
+    return _conv_input_grad_gemm(_to_gemm(dy), weight, x_shape, stride, pads, dilation)
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -220,15 +252,46 @@ class _ConvLayer(Layer):
 
     def _start_backward(self, dy):
         """Check ``dy``, go back through the activation, and fill the bias gradient."""
+        dy = self.activation.backward(self._check_dy(dy))
+        if self.use_bias:
+            self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))
+        return dy
+
+    def _check_dy(self, dy):
         if getattr(self, "_cache_x", None) is None:
             raise RuntimeError(f"{self.name}.backward called before forward")
         if tuple(dy.shape) != tuple(self._cache_y_shape):
             raise ValueError(f"{self.name}.backward expected dy of shape {tuple(self._cache_y_shape)}, "
                              f"got {tuple(dy.shape)}")
-        dy = self.activation.backward(dy.astype(self.dtype, copy=False))
+        return dy.astype(self.dtype, copy=False)
+
+    def _finish_forward_gemm(self, x, y2, out_hw, training):
+        """``_finish_forward`` for an output ``y2`` in GEMM layout (C_out, N*Ho*Wo).
+
+        ``kernels.conv_epilogue`` writes ``act(y2 + b)`` as (N, C_out, Ho, Wo) in one pass
+        when the activation is ReLU or none; a ReLU layer then keeps its output ``y`` for
+        backward (``y > 0`` exactly where ``z > 0``). Other activations run on their own.
+        """
+        relu = isinstance(self.activation, ReLU)
+        fused = relu or isinstance(self.activation, Identity)
+        y = kernels.conv_epilogue(y2, self.params.get("bias"), (x.shape[0], y2.shape[0], *out_hw), relu)
+        self._cache_x, self._cache_y_shape, self._cache_fused = x, y.shape, fused
+        self._cache_relu_y = y if relu else None
+        return y if fused else self.activation.forward(y, training)
+
+    def _start_backward_gemm(self, dy):
+        """``_start_backward`` returning the gradient of ``act``'s input in GEMM layout (C_out, N*Ho*Wo).
+
+        ``kernels.conv_epilogue_backward`` applies ReLU's mask ``[y > 0]``, transposes and sums
+        the bias gradient in one pass.
+        """
+        dy = self._check_dy(dy)
+        if not self._cache_fused:
+            dy = self.activation.backward(dy)
+        dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y)
         if self.use_bias:
-            self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))
-        return dy
+            self.grads["bias"][...] = dbias
+        return dy2
 
 
 # ---------------------------------------------------------------------- layers
@@ -275,20 +338,29 @@ class Conv2D(_ConvLayer):
 
     def forward(self, x, training=False):
         x = self._prepare(x)
-        pads, _ = self._geometry(*x.shape[2:])
-        y, cols = _conv_forward(x, self.params["weight"], self.stride, pads, self.dilation,
-                                keep_cols=training)
-        self._cache_cols, self._cache_pads = cols, pads
-        return self._finish_forward(x, y, training)
+        pads, out_hw = self._geometry(*x.shape[2:])
+        weight = self.params["weight"]
+        self._cache_pads, self._cache_cols = pads, None
+        if _is_pointwise(self.kernel_size, self.stride, pads):
+            y, _ = _conv_forward(x, weight, self.stride, pads, self.dilation)
+            return self._finish_forward(x, y, training)
+        y2, self._cache_cols = _conv_gemm(x, weight, self.stride, pads, self.dilation, keep_cols=training)
+        return self._finish_forward_gemm(x, y2, out_hw, training)
 
     def backward(self, dy):
-        dy = self._start_backward(dy)
+        dy = self._check_dy(dy)  # before reading the cache: says "backward called before forward"
         x, weight, pads = self._cache_x, self.params["weight"], self._cache_pads
-        self.grads["weight"][...] = _conv_weight_grad(dy, x, weight.shape, self.stride, pads,
-                                                      self.dilation, cols=self._cache_cols)
+        if _is_pointwise(self.kernel_size, self.stride, pads):  # forward ran in (N, C, H, W) layout
+            dy = self._start_backward(dy)
+            self.grads["weight"][...] = _conv_weight_grad(dy, x, weight.shape, self.stride, pads, self.dilation)
+            return None if self.skip_input_grad else _conv_input_grad(dy, weight, x.shape, self.stride,
+                                                                      pads, self.dilation)
+        dy2 = self._start_backward_gemm(dy)
+        self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,
+                                                           self.dilation, cols=self._cache_cols)
         if self.skip_input_grad:
             return None
-        return _conv_input_grad(dy, weight, x.shape, self.stride, pads, self.dilation)
+        return _conv_input_grad_gemm(dy2, weight, x.shape, self.stride, pads, self.dilation)
 
     def output_shape(self, input_shape) -> tuple:
         self._check_rank(tuple(input_shape), with_batch=False)

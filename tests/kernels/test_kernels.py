@@ -253,3 +253,63 @@ def test_batchnorm_kernels_match_reference(shape, dtype):
     for got, expected in zip(cpu.batchnorm_backward(dy, fast[1], weight, fast[4]),
                              reference.batchnorm_backward(dy, slow[1], weight, slow[4])):
         _close(got, expected, dtype)
+
+
+# ---------------------------------------------------------------- convolution epilogue
+EPILOGUE_SHAPES = [(1, 1, 1, 1), (2, 3, 4, 5), (3, 6, 7, 7), (4, 16, 5, 3)]
+
+
+def _epilogue_by_hand(z2, bias, out_shape, relu):
+    """``act(z + b)`` element by element, from the layout's definition (column ``n*Ho*Wo + i*Wo + j``)."""
+    n, c, ho, wo = out_shape
+    y = np.empty(out_shape, dtype=np.float64)
+    for b, ch, i, j in np.ndindex(*out_shape):
+        v = float(z2[ch, b * ho * wo + i * wo + j]) + (0.0 if bias is None else float(bias[ch]))
+        y[b, ch, i, j] = max(v, 0.0) if relu else v
+    return y
+
+
+@pytest.mark.parametrize("shape", EPILOGUE_SHAPES)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_epilogue_matches_reference_and_hand(shape, relu, with_bias, dtype):
+    rng = np.random.default_rng(7)
+    n, c, ho, wo = shape
+    z2 = rng.standard_normal((c, n * ho * wo)).astype(dtype)
+    bias = rng.standard_normal(c).astype(dtype) if with_bias else None
+    y = cpu.conv_epilogue(z2, bias, shape, relu)
+    assert y.shape == shape and y.dtype == dtype and y.flags.c_contiguous
+    _close(y, reference.conv_epilogue(z2, bias, shape, relu), dtype)
+    _close(y, _epilogue_by_hand(z2, bias, shape, relu).astype(dtype), dtype)
+
+    # Backward: dz = dy * [y > 0] (or dy) in GEMM layout, db = per-channel sum, by hand.
+    dy = rng.standard_normal(shape).astype(dtype)
+    relu_output = y if relu else None
+    dz2, dbias = cpu.conv_epilogue_backward(dy, relu_output)
+    dz = dy * (y > 0) if relu else dy
+    by_hand = np.empty((c, n * ho * wo), dtype=dtype)
+    for b, ch, i, j in np.ndindex(*shape):
+        by_hand[ch, b * ho * wo + i * wo + j] = dz[b, ch, i, j]
+    np.testing.assert_array_equal(dz2, by_hand)
+    _close(dbias, dz.astype(np.float64).sum(axis=(0, 2, 3)).astype(dtype), dtype)
+    ref_dz2, ref_dbias = reference.conv_epilogue_backward(dy, relu_output)
+    np.testing.assert_array_equal(dz2, ref_dz2)
+    _close(dbias, ref_dbias, dtype)
+
+
+def test_conv_epilogue_relu_edge_values():
+    """ReLU keeps NaN (as torch), zeroes -inf and 0, and its mask passes gradient only where y > 0."""
+    z2 = np.array([[np.nan, -np.inf, 0.0, 2.0, -1.0, np.inf]], dtype=np.float32)
+    y = cpu.conv_epilogue(z2, None, (1, 1, 2, 3), True)
+    np.testing.assert_array_equal(y.reshape(-1), [np.nan, 0, 0, 2, 0, np.inf])
+    dz2, dbias = cpu.conv_epilogue_backward(np.ones((1, 1, 2, 3), np.float32), y)
+    np.testing.assert_array_equal(dz2, [[0, 0, 0, 1, 0, 1]])
+    assert dbias.tolist() == [2.0]
+
+
+def test_conv_epilogue_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match="conv_epilogue expected z2 of shape"):
+        cpu.conv_epilogue(np.zeros((3, 10), np.float32), None, (2, 3, 2, 2), True)
+    with pytest.raises(ValueError, match="expected relu_output of shape"):
+        cpu.conv_epilogue_backward(np.zeros((2, 3, 2, 2), np.float32), np.zeros((2, 3, 2, 1), np.float32))

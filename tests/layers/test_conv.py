@@ -156,6 +156,11 @@ CONV_CASES = [
     ((2, 4, 5, 5), dict(out_channels=3, kernel_size=1, stride=2)),
     ((3, 2, 6, 6), dict(out_channels=3, kernel_size=3, padding=1, activation="relu")),
     ((2, 2, 6, 7), dict(out_channels=3, kernel_size=3, stride=2, padding="same", activation="relu")),
+    # ReLU without bias (fused epilogue), an activation outside the fused epilogue, and the
+    # 1x1 path (no epilogue) with ReLU.
+    ((2, 2, 5, 6), dict(out_channels=3, kernel_size=3, padding=1, bias=False, activation="relu")),
+    ((2, 2, 6, 6), dict(out_channels=3, kernel_size=3, activation="elu")),
+    ((2, 4, 5, 5), dict(out_channels=3, kernel_size=1, activation="relu")),
 ]
 
 DEPTHWISE_CASES = [
