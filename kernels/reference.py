@@ -80,7 +80,7 @@ def maxpool_forward(x, kernel, stride, padding):
     the first window position in row-major order.
     """
     n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (pt, pb, pl, pr) = kernel, stride, padding
+    (kh, kw), (sh, sw), (pt, _, pl, _) = kernel, stride, padding
     win = _windows(x, kernel, stride, padding, (1, 1), fill=-np.inf)
     ho, wo = win.shape[2:4]
     flat = win.reshape(n, c, ho, wo, kh * kw)

@@ -24,6 +24,10 @@ from .callbacks import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
+# The lazily loaded modules (data, metrics, viz, ...) stay out, so `import *` stays light.
+__all__ = (["backend", "seed", "load", "layers", "losses", "optim", "gradcheck", "callbacks", "models"]
+           + layers.__all__ + callbacks.__all__)
+
 # Heavier modules (matplotlib, scikit-learn, torch interop) load on first use.
 _LAZY_MODULES = {"data", "metrics", "viz", "interop", "sklearn", "cli", "serialization", "training"}
 _LAZY_NAMES = {"load": "serialization"}

@@ -324,7 +324,7 @@ def test_public_names():
 
 @pytest.mark.gpu
 def test_optimizer_state_moves_to_cupy_and_steps_like_numpy():
-    cupy = pytest.importorskip("cupy")
+    pytest.importorskip("cupy")
     if "cupy" not in backend.available():
         pytest.skip("no CUDA GPU")
     results = []
