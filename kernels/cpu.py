@@ -7,7 +7,9 @@ on first use and cached on disk, so later processes start fast.
 
 How the work is split across threads
 ------------------------------------
-Every parallel core uses ``prange`` over an axis whose iterations write to
+Small calls run on the calling thread: each core exists in a parallel and a
+serial version, picked per call by the bytes it touches (``PARALLEL_MIN_BYTES``,
+see ``_Kernel``). In the parallel version every core uses ``prange`` over an axis whose iterations write to
 *disjoint* parts of the output, so no two threads ever write the same element
 and no atomics or locks are needed:
 
@@ -25,6 +27,8 @@ GEMMs are not here: the convolution layers call ``x @ y``, which NumPy hands to
 OpenBLAS (see ``minicnn.threads`` for why the two thread pools must not fight).
 """
 from __future__ import annotations
+
+import types
 
 import numpy as np
 from numba import njit, prange
@@ -56,6 +60,40 @@ def _geometry(kernel, stride, padding, dilation=(1, 1)):
     return int(kh), int(kw), int(sh), int(sw), int(pt), int(pl), int(dh), int(dw)
 
 
+# ---------------------------------------------------------------- serial or parallel
+# Waking a thread pool is not free: a Numba parallel launch costs 80-110 us on the benchmark
+# machine (its idle workers sleep, see minicnn.threads), more than a whole max-pool of
+# LeNet-5's second layer takes on one core (18 us). So every core is compiled twice, once with
+# ``prange`` spread over threads and once with ``prange`` run as a plain ``range``, and each
+# call picks by the bytes it touches. On LeNet-5 (batch 128) every kernel is below the line
+# and the training step got 7-25 % faster; the 64x64x32x32 layers stay parallel.
+PARALLEL_MIN_BYTES = 8 * 2**20
+"""Kernels touching fewer bytes than this run on the calling thread; tests set it to 0 or a
+huge value to check both compiled versions."""
+
+
+class _Kernel:
+    """A Numba core compiled parallel and serial; ``kernel(work_bytes, *args)`` runs one."""
+
+    def __init__(self, fn, options):
+        self.parallel = njit(cache=True, parallel=True, **options)(fn)
+        # A twin with its own name: Numba's on-disk cache is keyed by the function's name,
+        # not by its compile options, so the serial version must not share the parallel's.
+        twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                  fn.__defaults__, fn.__closure__)
+        twin.__qualname__ = fn.__qualname__ + "_serial"
+        self.serial = njit(cache=True, **options)(twin)
+
+    def __call__(self, work_bytes, *args):
+        core = self.parallel if work_bytes >= PARALLEL_MIN_BYTES else self.serial
+        return core(*args)
+
+
+def _kernel(**options):
+    """``@_kernel(fastmath=...)``: decorate a ``prange`` core as a ``_Kernel``."""
+    return lambda fn: _Kernel(fn, options)
+
+
 @njit(cache=True, inline="always")
 def _valid_range(offset, stride, size, out):
     """Outputs ``o`` in ``[lo, hi)`` whose input index ``o*stride + offset`` lies in ``[0, size)``."""
@@ -80,7 +118,7 @@ _unsigned = np.uintp
 
 
 # ---------------------------------------------------------------- im2col / col2im
-@njit(cache=True, parallel=True)
+@_kernel()
 def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     n, c, h, w = x.shape
     xf, cf = x.reshape(-1), cols.reshape(-1)
@@ -110,7 +148,7 @@ def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                     cf[_unsigned(dst + ow)] = xf[_unsigned(src + ow * sw)]
 
 
-@njit(cache=True, parallel=True)
+@_kernel()
 def _col2im(cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     n, c, h, w = dx.shape
     cf, df = cols.reshape(-1), dx.reshape(-1)
@@ -138,7 +176,7 @@ def im2col(x, kernel, stride, padding, dilation=(1, 1)):
     kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
     ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
     cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
-    _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    _im2col(cols.nbytes, x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     return cols
 
 
@@ -152,12 +190,12 @@ def col2im(cols, x_shape, kernel, stride, padding, dilation=(1, 1)):
     if cols.shape != expected:
         raise ValueError(f"col2im expected cols of shape {expected} for x_shape {x_shape}, got {cols.shape}")
     dx = np.zeros(x_shape, dtype=cols.dtype)
-    _col2im(cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    _col2im(cols.nbytes, cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     return dx
 
 
 # ---------------------------------------------------------------- max pooling
-@njit(cache=True, parallel=True)
+@_kernel()
 def _maxpool_forward(x, y, argmax, kh, kw, sh, sw, pt, pl):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
@@ -188,7 +226,7 @@ def _maxpool_forward(x, y, argmax, kh, kw, sh, sw, pt, pl):
                 af[_unsigned(out)] = best_at
 
 
-@njit(cache=True, parallel=True)
+@_kernel()
 def _maxpool_forward_2x2(x, y, argmax):
     """``_maxpool_forward`` for the common case, 2x2 windows at stride 2 without padding.
 
@@ -215,7 +253,7 @@ def _maxpool_forward_2x2(x, y, argmax):
                 af[_unsigned(out + ow)] = best_at
 
 
-@njit(cache=True, parallel=True)
+@_kernel()
 def _maxpool_backward(dy, argmax, dx):
     n, c, h, w = dx.shape
     per_plane = dy.shape[2] * dy.shape[3]
@@ -234,9 +272,9 @@ def maxpool_forward(x, kernel, stride, padding):
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
     argmax = np.empty((n, c, ho, wo), dtype=np.int64)
     if (kh, kw, sh, sw) == (2, 2, 2, 2) and not any(padding):
-        _maxpool_forward_2x2(x, y, argmax)
+        _maxpool_forward_2x2(x.nbytes, x, y, argmax)
     else:
-        _maxpool_forward(x, y, argmax, kh, kw, sh, sw, pt, pl)
+        _maxpool_forward(x.nbytes, x, y, argmax, kh, kw, sh, sw, pt, pl)
     return y, argmax
 
 
@@ -247,12 +285,12 @@ def maxpool_backward(dy, argmax, x_shape):
     if argmax.shape != dy.shape:
         raise ValueError(f"maxpool_backward expected argmax of shape {dy.shape}, got {argmax.shape}")
     dx = np.zeros(tuple(int(s) for s in x_shape), dtype=dy.dtype)
-    _maxpool_backward(dy, argmax, dx)
+    _maxpool_backward(dx.nbytes, dy, argmax, dx)
     return dx
 
 
 # ---------------------------------------------------------------- average pooling
-@njit(cache=True, parallel=True)
+@_kernel()
 def _avgpool_forward(x, y, kh, kw, sh, sw, pt, pl):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
@@ -272,7 +310,7 @@ def _avgpool_forward(x, y, kh, kw, sh, sw, pt, pl):
                 yf[_unsigned((plane * ho + oh) * wo + ow)] = total * scale
 
 
-@njit(cache=True, parallel=True)
+@_kernel()
 def _avgpool_backward(dy, dx, kh, kw, sh, sw, pt, pl):
     n, c, h, w = dx.shape
     ho, wo = dy.shape[2], dy.shape[3]
@@ -298,7 +336,7 @@ def avgpool_forward(x, kernel, stride, padding):
     kh, kw, sh, sw, pt, pl, _, _ = _geometry(kernel, stride, padding)
     ho, wo = output_hw(x.shape, kernel, stride, padding)
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
-    _avgpool_forward(x, y, kh, kw, sh, sw, pt, pl)
+    _avgpool_forward(x.nbytes, x, y, kh, kw, sh, sw, pt, pl)
     return y
 
 
@@ -307,14 +345,14 @@ def avgpool_backward(dy, x_shape, kernel, stride, padding):
     dy = _as_float_array(dy, "dy")
     kh, kw, sh, sw, pt, pl, _, _ = _geometry(kernel, stride, padding)
     dx = np.zeros(tuple(int(s) for s in x_shape), dtype=dy.dtype)
-    _avgpool_backward(dy, dx, kh, kw, sh, sw, pt, pl)
+    _avgpool_backward(dx.nbytes, dy, dx, kh, kw, sh, sw, pt, pl)
     return dx
 
 
 # ---------------------------------------------------------------- depthwise convolution
 # Direct loops, no im2col: a depthwise conv does only kh*kw multiply-adds per
 # output, so it is memory-bound and unfolding would multiply the traffic by kh*kw.
-@njit(cache=True, parallel=True)
+@_kernel()
 def _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
@@ -339,7 +377,7 @@ def _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw):
                             yf[_unsigned(dst + ow)] += wij * xf[_unsigned(src + ow * sw)]
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@_kernel(fastmath={"reassoc", "contract"})
 def _depthwise_backward(dy, x, weight, dx, dweight_partial, m, kh, kw, sh, sw, pt, pl, dh, dw):
     n, c, h, w = x.shape
     ho, wo = dy.shape[2], dy.shape[3]
@@ -380,7 +418,7 @@ def depthwise_forward(x, weight, stride, padding, dilation=(1, 1)):
     kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
     ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
     y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
-    _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw)
+    _depthwise_forward(y.nbytes * kh * kw, x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw)
     return y
 
 
@@ -397,7 +435,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
                          f"for x {x.shape}, weight {weight.shape}")
     dx = np.zeros(x.shape, dtype=dy.dtype)
     partial = np.empty((n, c * m, kh, kw), dtype=dy.dtype)
-    _depthwise_backward(dy, x, weight, dx, partial, m, kh, kw, sh, sw, pt, pl, dh, dw)
+    _depthwise_backward(dy.nbytes * kh * kw, dy, x, weight, dx, partial, m, kh, kw, sh, sw, pt, pl, dh, dw)
     return dx, partial.sum(axis=0).reshape(weight.shape)
 
 
@@ -405,7 +443,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
 # Fused versions of reference.batchnorm_forward/backward. NumPy's per-channel reductions over axes
 # (0, 2, 3) of an NCHW array stride across memory and make several temporaries;
 # here each channel is one prange iteration that walks its N planes twice.
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})  # reassoc: vectorised sums
+@_kernel(fastmath={"reassoc", "contract"})  # reassoc: vectorised sums
 def _batchnorm_forward(x, weight, bias, eps, y, x_hat, mean, var, inv_std):
     n, c, hw = x.shape
     for ch in prange(c):  # channels are independent
@@ -429,7 +467,7 @@ def _batchnorm_forward(x, weight, bias, eps, y, x_hat, mean, var, inv_std):
         mean[ch], var[ch], inv_std[ch] = mu, sigma2, scale
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@_kernel(fastmath={"reassoc", "contract"})
 def _batchnorm_backward(dy, x_hat, weight, inv_std, dx, dweight, dbias):
     n, c, hw = dy.shape
     count = n * hw
@@ -462,7 +500,7 @@ def batchnorm_forward(x, weight, bias, eps):
     weight, bias = (np.ascontiguousarray(v, dtype=x.dtype).reshape(-1) for v in (weight, bias))
     y, x_hat = np.empty_like(x3), np.empty_like(x3)
     mean, var, inv_std = (np.empty(x.shape[1], dtype=x.dtype) for _ in range(3))
-    _batchnorm_forward(x3, weight, bias, float(eps), y, x_hat, mean, var, inv_std)
+    _batchnorm_forward(x.nbytes, x3, weight, bias, float(eps), y, x_hat, mean, var, inv_std)
     return y.reshape(x.shape), x_hat.reshape(x.shape), mean, var, inv_std
 
 
@@ -477,7 +515,7 @@ def batchnorm_backward(dy, x_hat, weight, inv_std):
     weight, inv_std = (np.ascontiguousarray(v, dtype=dy.dtype).reshape(-1) for v in (weight, inv_std))
     dx = np.empty_like(dy3)
     dweight, dbias = np.empty(dy.shape[1], dtype=dy.dtype), np.empty(dy.shape[1], dtype=dy.dtype)
-    _batchnorm_backward(dy3, xh3, weight, inv_std, dx, dweight, dbias)
+    _batchnorm_backward(dy.nbytes, dy3, xh3, weight, inv_std, dx, dweight, dbias)
     return dx.reshape(dy.shape), dweight, dbias
 
 
@@ -485,36 +523,41 @@ def batchnorm_backward(dy, x_hat, weight, inv_std):
 # The GEMM leaves a convolution's output as (C, N*Ho*Wo); the layer wants act(z + b) as
 # (N, C, Ho, Wo). NumPy needs a pass per step (transpose copy, bias add, ReLU mask, maximum);
 # these cores do the lot in one pass, and backward's mask, transpose and bias sum in another.
-@njit(cache=True, parallel=True)
+@_kernel()
 def _conv_epilogue(z2, bias, y, relu):
     n, c, hw = y.shape
+    zf, yf = z2.reshape(-1), y.reshape(-1)
     for plane in prange(n * c):  # one (n, c) output plane each: disjoint writes
         b, ch = plane // c, plane % c
         beta = bias[ch]
+        src, dst = ch * n * hw + b * hw, plane * hw
         if relu:
             for k in range(hw):
-                v = z2[ch, b * hw + k] + beta
-                y[b, ch, k] = 0 if v <= 0 else v  # NaN stays NaN, as torch's ReLU
+                v = zf[_unsigned(src + k)] + beta
+                yf[_unsigned(dst + k)] = 0 if v <= 0 else v  # NaN stays NaN, as torch's ReLU
         else:
             for k in range(hw):
-                y[b, ch, k] = z2[ch, b * hw + k] + beta
+                yf[_unsigned(dst + k)] = zf[_unsigned(src + k)] + beta
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc"})  # reassoc: a vectorised bias sum
+@_kernel(fastmath={"reassoc"})  # reassoc: a vectorised bias sum
 def _conv_epilogue_backward(dy, relu_output, dz2, dbias, relu):
     n, c, hw = dy.shape
+    dyf, mf, dzf = dy.reshape(-1), relu_output.reshape(-1), dz2.reshape(-1)
     for ch in prange(c):  # one channel each: its row of dz2 and its bias gradient
         total = 0.0  # float64 accumulator
         for b in range(n):
+            src, dst = (b * c + ch) * hw, ch * n * hw + b * hw
             if relu:
                 for k in range(hw):
-                    g = dy[b, ch, k] if relu_output[b, ch, k] > 0 else 0
-                    dz2[ch, b * hw + k] = g
+                    g = dyf[_unsigned(src + k)] if mf[_unsigned(src + k)] > 0 else 0
+                    dzf[_unsigned(dst + k)] = g
                     total += g
             else:
                 for k in range(hw):
-                    dz2[ch, b * hw + k] = dy[b, ch, k]
-                    total += dy[b, ch, k]
+                    g = dyf[_unsigned(src + k)]
+                    dzf[_unsigned(dst + k)] = g
+                    total += g
         dbias[ch] = total
 
 
@@ -527,7 +570,7 @@ def conv_epilogue(z2, bias, out_shape, relu):
                          f"got {z2.shape}")
     bias = np.zeros(c, z2.dtype) if bias is None else np.ascontiguousarray(bias, dtype=z2.dtype)
     y = np.empty((n, c, ho, wo), dtype=z2.dtype)
-    _conv_epilogue(z2, bias, y.reshape(n, c, ho * wo), bool(relu))
+    _conv_epilogue(y.nbytes, z2, bias, y.reshape(n, c, ho * wo), bool(relu))
     return y
 
 
@@ -541,5 +584,5 @@ def conv_epilogue_backward(dy, relu_output=None):
     n, c = dy.shape[:2]
     dz2 = np.empty((c, dy.size // c), dtype=dy.dtype)
     dbias = np.empty(c, dtype=dy.dtype)
-    _conv_epilogue_backward(dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu)
+    _conv_epilogue_backward(dy.nbytes, dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu)
     return dz2, dbias

@@ -4,7 +4,8 @@
 views, ``np.add.at``, ``einsum``) with the same contract. Every fast kernel must
 return the same numbers over a sweep of geometries: odd sizes, N=1, C=1,
 kernels 1-5 (square or not), strides 1-3, asymmetric paddings, dilations 1-3,
-in float32 and float64. Max-pool indices must be identical, ties included.
+in float32 and float64, through both compiled versions of each core (serial and
+parallel). Max-pool indices must be identical, ties included.
 A few hand-computed cases pin down the conventions independently of both.
 The batch-norm kernels, fast and reference alike, are checked against the
 formulas in float64 NumPy and against torch's autograd, and against each other.
@@ -17,6 +18,14 @@ import pytest
 from minicnn import threads
 from minicnn.kernels import cpu, reference
 from tests.helpers import require_torch
+
+
+@pytest.fixture(autouse=True, params=["serial", "parallel"])
+def core_version(request, monkeypatch):
+    """Every test runs twice: each Numba core exists in a serial and a parallel compiled version
+    (``cpu._Kernel``), picked by size; these tests' arrays are small, so force each in turn."""
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_BYTES", 0 if request.param == "parallel" else 2**62)
+    return request.param
 
 TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-5)}
 
