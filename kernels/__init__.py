@@ -65,8 +65,8 @@ def batchnorm_forward(x, weight, bias, eps):
     return _impl(x).batchnorm_forward(x, weight, bias, eps)
 
 
-def batchnorm_backward(dy, x_hat, weight, inv_std):
-    return _impl(dy).batchnorm_backward(dy, x_hat, weight, inv_std)
+def batchnorm_backward(dy, x, mean, weight, inv_std):
+    return _impl(dy).batchnorm_backward(dy, x, mean, weight, inv_std)
 
 
 def conv_epilogue(z2, bias, out_shape, relu):

@@ -147,9 +147,11 @@ def _per_channel(x):
 def batchnorm_forward(x, weight, bias, eps):
     """Training-mode batch norm of ``(N, C)`` or ``(N, C, H, W)`` ``x``, per channel over all other axes.
 
-    Returns ``(y, x_hat, mean, var, inv_std)``: ``mean`` and the biased variance ``var`` of
-    each channel, ``inv_std = 1 / sqrt(var + eps)``, ``x_hat = (x - mean) * inv_std`` and
-    ``y = weight * x_hat + bias``; the vectors have shape ``(C,)``.
+    Returns ``(y, mean, var, inv_std)``: ``mean`` and the biased variance ``var`` of each
+    channel, ``inv_std = 1 / sqrt(var + eps)`` and ``y = weight * x_hat + bias`` with
+    ``x_hat = (x - mean) * inv_std``; the vectors have shape ``(C,)``. ``x_hat`` itself is not
+    returned: backward recomputes it from ``x``, ``mean`` and ``inv_std`` (as torch does),
+    which saves writing and keeping an input-sized array.
     """
     axes, shape = _per_channel(x)
     mean = x.mean(axis=axes)
@@ -159,18 +161,20 @@ def batchnorm_forward(x, weight, bias, eps):
     # function on CuPy arrays: each line becomes a CuPy kernel.
     inv_std = 1.0 / (var + eps) ** 0.5
     x_hat = centered * inv_std.reshape(shape)
-    return weight.reshape(shape) * x_hat + bias.reshape(shape), x_hat, mean, var, inv_std
+    return weight.reshape(shape) * x_hat + bias.reshape(shape), mean, var, inv_std
 
 
-def batchnorm_backward(dy, x_hat, weight, inv_std):
+def batchnorm_backward(dy, x, mean, weight, inv_std):
     """Training-mode gradients ``(dx, dweight, dbias)`` for ``batchnorm_forward``.
 
-    With ``M`` values per channel (derivation in ``minicnn/layers/normalization.py``)::
+    With ``M`` values per channel and ``x_hat = (x - mean) * inv_std`` (derivation in
+    ``minicnn/layers/normalization.py``)::
 
         dx = weight * inv_std / M * (M dy - sum(dy) - x_hat * sum(dy * x_hat))
     """
     axes, shape = _per_channel(dy)
     count = dy.size // dy.shape[1]
+    x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
     dbias = dy.sum(axis=axes)
     dweight = (dy * x_hat).sum(axis=axes)
     scale = (weight * inv_std / count).reshape(shape)

@@ -24,6 +24,16 @@ def test_gradcheck_flags_a_wrong_backward():
     assert not report.ok and report.max_rel_error["input"] > 0.1
 
 
+def test_gradcheck_tolerates_rounding_noise_on_a_zero_gradient_but_not_a_small_error():
+    from minicnn.gradcheck import relative_error
+
+    # A gradient that is exactly zero (a conv bias before batch norm): numeric noise ~1e-10.
+    assert relative_error([1e-17, -3e-18], [4.4e-10, 2.2e-10], noise=2.2e-8) == 0.0
+    assert relative_error([1e-17, -3e-18], [4.4e-10, 2.2e-10]) > 0.5  # without the allowance
+    # A real mistake of 1e-6 on that zero gradient is still caught.
+    assert relative_error([1e-6, 0.0], [4.4e-10, 2.2e-10], noise=2.2e-8) > 0.9
+
+
 def test_backend_numpy_is_always_available():
     assert "numpy" in minicnn.backend.available()
     assert minicnn.backend.get_array_module(np.zeros(1)) is np

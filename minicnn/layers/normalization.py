@@ -58,11 +58,13 @@ class _BatchNorm(Layer):
         dx_i = sum_j d x_hat_j * d x_hat_j / d x_i
              = (gamma / s) / M * (M dy_i - sum(dy) - x_hat_i * sum(dy * x_hat)),
 
-    one fused expression that needs only the cached ``x_hat`` and ``1 / s``.
+    one fused expression that needs only ``x_hat`` and ``1 / s``. Forward keeps ``x``, ``mu``
+    and ``1 / s`` and backward recomputes ``x_hat`` from them (as torch does): cheaper than
+    writing and keeping an input-sized ``x_hat``.
     In evaluation ``mu`` and ``s`` are constants, so ``dx = gamma / s * dy``.
 
     Training runs ``kernels.batchnorm_forward`` / ``batchnorm_backward`` (these
-    formulas; on the CPU fused into one parallel pass per channel, float64 sums);
+    formulas; on the CPU fused into two passes over memory per channel, float64 sums);
     ``kernels.reference`` has them in plain NumPy. In evaluation the affine map is
     folded into ``y = x * scale + shift`` with ``scale = gamma / s`` and
     ``shift = beta - mu * scale``.
@@ -99,11 +101,11 @@ class _BatchNorm(Layer):
             if count < 2:
                 raise ValueError(f"{self.name} expected more than 1 value per channel when training, "
                                  f"got input shape {tuple(x.shape)}")
-            # mean, biased var, x_hat = (x - mean) * inv_std and y = gamma * x_hat + beta,
-            # fused into one pass per channel on the CPU (kernels.batchnorm_forward).
-            y, x_hat, mean, var, inv_std = kernels.batchnorm_forward(x, gamma, beta, self.eps)
+            # mean, biased var and y = gamma * (x - mean) * inv_std + beta, fused on the CPU into
+            # one read of x for the statistics and one for y (kernels.batchnorm_forward).
+            y, mean, var, inv_std = kernels.batchnorm_forward(x, gamma, beta, self.eps)
             self._update_running(mean, var * (count / (count - 1)))
-            self._cache_x_hat, self._cache_inv_std = x_hat, inv_std
+            self._cache_x, self._cache_mean, self._cache_inv_std = x, mean, inv_std
             return y
         # Evaluation: a fixed affine map, folded into one multiply-add, y = x * scale + shift.
         inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
@@ -118,7 +120,7 @@ class _BatchNorm(Layer):
         dy = dy.astype(self.dtype, copy=False)
         gamma, inv_std = self.params["weight"], self._cache_inv_std
         if self._cache_training:
-            dx, dgamma, dbeta = kernels.batchnorm_backward(dy, self._cache_x_hat, gamma, inv_std)
+            dx, dgamma, dbeta = kernels.batchnorm_backward(dy, self._cache_x, self._cache_mean, gamma, inv_std)
         else:  # mu and s are constants: dx = gamma / s * dy
             per_channel = (1, -1) + (1,) * (dy.ndim - 2)
             x_hat = (self._cache_x - self.buffers["running_mean"].reshape(per_channel)) * inv_std.reshape(per_channel)

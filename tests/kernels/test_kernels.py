@@ -230,9 +230,8 @@ def test_batchnorm_kernels_match_the_formula(impl, shape, dtype):
     x64 = x.astype(np.float64)
     mean, var = x64.mean(axis=axes), x64.var(axis=axes)
     x_hat = (x64 - mean.reshape(per_channel)) / np.sqrt(var.reshape(per_channel) + 1e-5)
-    y, got_x_hat, got_mean, got_var, inv_std = impl.batchnorm_forward(x, weight, bias, 1e-5)
+    y, got_mean, got_var, inv_std = impl.batchnorm_forward(x, weight, bias, 1e-5)
     _close(y, (weight.reshape(per_channel) * x_hat + bias.reshape(per_channel)).astype(dtype), dtype)
-    _close(got_x_hat, x_hat.astype(dtype), dtype)
     _close(got_mean, mean.astype(dtype), dtype)
     _close(got_var, var.astype(dtype), dtype)
     _close(inv_std, (1 / np.sqrt(var + 1e-5)).astype(dtype), dtype)
@@ -240,13 +239,26 @@ def test_batchnorm_kernels_match_the_formula(impl, shape, dtype):
     # Backward against torch's autograd (float64), an independent derivation.
     torch = require_torch()
     dy = rng.standard_normal(shape).astype(dtype)
-    dx, dweight, dbias = impl.batchnorm_backward(dy, got_x_hat, weight, inv_std)
+    dx, dweight, dbias = impl.batchnorm_backward(dy, x, got_mean, weight, inv_std)
     tx, tw, tb = (torch.from_numpy(a.astype(np.float64)).requires_grad_(True) for a in (x, weight, bias))
     torch.nn.functional.batch_norm(tx, None, None, tw, tb, training=True, eps=1e-5).backward(
         torch.from_numpy(dy.astype(np.float64)))
     _close(dx, tx.grad.numpy().astype(dtype), dtype)
     _close(dweight, tw.grad.numpy().astype(dtype), dtype)
     _close(dbias, tb.grad.numpy().astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_statistics_survive_a_large_offset_and_an_outlier(dtype):
+    # One pass over memory merges per-plane statistics (Chan et al.); a naive E[x^2] - E[x]^2
+    # would lose every digit of the variance here (offset 1e4, spread 1, one value at 1e4 + 300).
+    rng = np.random.default_rng(8)
+    x = (1e4 + rng.standard_normal((6, 2, 5, 4))).astype(dtype)
+    x[0, 0, 0, 0] += 300
+    _, mean, var, _ = cpu.batchnorm_forward(x, np.ones(2, dtype), np.zeros(2, dtype), 1e-5)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2, 3)), rtol=1e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2, 3)), rtol=1e-5 if dtype == np.float32 else 1e-10)
 
 
 @pytest.mark.parametrize("shape", BATCHNORM_SHAPES + [(3, 4, 6, 5)])
@@ -260,8 +272,8 @@ def test_batchnorm_kernels_match_reference(shape, dtype):
     for got, expected in zip(fast, slow):
         _close(got, expected, dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    for got, expected in zip(cpu.batchnorm_backward(dy, fast[1], weight, fast[4]),
-                             reference.batchnorm_backward(dy, slow[1], weight, slow[4])):
+    for got, expected in zip(cpu.batchnorm_backward(dy, x, fast[1], weight, fast[3]),
+                             reference.batchnorm_backward(dy, x, slow[1], weight, slow[3])):
         _close(got, expected, dtype)
 
 
