@@ -19,7 +19,12 @@ and makes the Numba side wait passively:
   two Python threads to run minicnn kernels at the same moment.
 
 OpenBLAS's idle workers call ``sched_yield`` while they spin, so they give the
-cores back to Numba's workers. (``OPENBLAS_THREAD_TIMEOUT`` would shorten the
+cores back to Numba's workers.
+
+Waking sleeping workers has its price: a parallel Numba launch measured 80-110 us on the
+2-core benchmark VM with either layer, so ``kernels/cpu.py`` runs calls that touch less than
+``PARALLEL_MIN_BYTES`` (8 MiB) on the calling thread instead (every core is compiled in a
+serial and a parallel version). (``OPENBLAS_THREAD_TIMEOUT`` would shorten the
 spin, but OpenBLAS reads it when NumPy is imported, before minicnn can set it;
 export it yourself if you like.)
 
