@@ -28,6 +28,12 @@ batch into blocks of samples whose columns take about ``_BLOCK_BYTES`` (16 MB) a
 never more than ``minicnn.backend.get_workspace_limit()`` bytes, so memory does not
 grow with the batch size. A 1x1 kernel with stride 1 and no padding needs no im2col at all: the
 input, viewed as ``(N, C, H*W)``, is already its own column matrix.
+
+Large 3x3 stride-1 convolutions on the CPU take a third road, Winograd's F(2x2, 3x3)
+(``kernels/winograd.py``): the same sums with 2.25x fewer multiplications, for the forward
+pass and both gradients. ``kernels.winograd_pays`` decides (3x3, stride 1, pads <= 2, at
+least 16 channels in and out, a large enough batch); the im2col form above stays the
+definition the tests and the teaching start from.
 """
 from __future__ import annotations
 
@@ -276,9 +282,18 @@ class _ConvLayer(Layer):
         when the activation is ReLU or none; a ReLU layer then keeps its output ``y`` for
         backward (``y > 0`` exactly where ``z > 0``). Other activations run on their own.
         """
-        relu = isinstance(self.activation, ReLU)
-        fused = relu or isinstance(self.activation, Identity)
+        relu, _ = self._fusable_activation()
         y = kernels.conv_epilogue(y2, self.params.get("bias"), (x.shape[0], y2.shape[0], *out_hw), relu)
+        return self._finish_forward_fused(x, y, training)
+
+    def _fusable_activation(self):
+        """``(relu, fused)``: is the activation ReLU, and can a kernel apply it (ReLU or none)?"""
+        relu = isinstance(self.activation, ReLU)
+        return relu, relu or isinstance(self.activation, Identity)
+
+    def _finish_forward_fused(self, x, y, training):
+        """Cache for backward after a kernel wrote ``y = act(z + b)`` (ReLU or none) or ``z + b``."""
+        relu, fused = self._fusable_activation()
         self._cache_x, self._cache_y_shape, self._cache_fused = x, y.shape, fused
         self._cache_relu_y = y if relu else None
         return y if fused else self.activation.forward(y, training)
@@ -320,6 +335,9 @@ class Conv2D(_ConvLayer):
     outputs, the odd extra row/column at the bottom/right, TensorFlow's rule); it is
     resolved per call because ``'same'`` depends on the input size.
 
+    3x3 stride-1 layers with many channels run Winograd F(2x2, 3x3) instead (forward and
+    both gradients; see the module docstring), equal to the above up to rounding.
+
     Large batches are processed in chunks of samples so the im2col columns stay within
     ``minicnn.backend.get_workspace_limit()`` bytes. Forward in training keeps the
     columns for backward when the whole batch fits in one chunk; otherwise backward
@@ -348,6 +366,11 @@ class Conv2D(_ConvLayer):
         if _is_pointwise(self.kernel_size, self.stride, pads):
             y, _ = _conv_forward(x, weight, self.stride, pads, self.dilation)
             return self._finish_forward(x, y, training)
+        self._cache_winograd = kernels.winograd_pays(x, weight.shape, self.stride, pads, self.dilation)
+        if self._cache_winograd:  # 3x3, stride 1: Winograd F(2x2, 3x3), bias and ReLU fused
+            relu, _ = self._fusable_activation()
+            y = kernels.winograd_conv3x3(x, weight, pads, self.params.get("bias"), relu)
+            return self._finish_forward_fused(x, y, training)
         y2, self._cache_cols = _conv_gemm(x, weight, self.stride, pads, self.dilation, keep_cols=training)
         return self._finish_forward_gemm(x, y2, out_hw, training)
 
@@ -360,6 +383,10 @@ class Conv2D(_ConvLayer):
             return None if self.skip_input_grad else _conv_input_grad(dy, weight, x.shape, self.stride,
                                                                       pads, self.dilation)
         dy2 = self._start_backward_gemm(dy)
+        if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py)
+            dz = _from_gemm(dy2, x.shape[0], *dy.shape[2:])
+            self.grads["weight"][...] = kernels.winograd_conv3x3_weight_grad(dz, x, pads)
+            return None if self.skip_input_grad else kernels.winograd_conv3x3_input_grad(dz, weight, x.shape, pads)
         self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,
                                                            self.dilation, cols=self._cache_cols)
         if self.skip_input_grad:

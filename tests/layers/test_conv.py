@@ -161,6 +161,11 @@ CONV_CASES = [
     ((2, 2, 5, 6), dict(out_channels=3, kernel_size=3, padding=1, bias=False, activation="relu")),
     ((2, 2, 6, 6), dict(out_channels=3, kernel_size=3, activation="elu")),
     ((2, 4, 5, 5), dict(out_channels=3, kernel_size=1, activation="relu")),
+    # 3x3 stride 1 with >= 16 channels runs Winograd F(2x2, 3x3): fused ReLU, no bias with
+    # 'same' and an odd width, no padding with an activation outside the kernel.
+    ((2, 16, 6, 7), dict(out_channels=16, kernel_size=3, padding=1, activation="relu")),
+    ((2, 16, 5, 5), dict(out_channels=17, kernel_size=3, padding="same", bias=False)),
+    ((1, 16, 6, 5), dict(out_channels=16, kernel_size=3, activation="tanh")),
 ]
 
 DEPTHWISE_CASES = [
@@ -202,6 +207,12 @@ SWEEPS = {
 
 def _case_id(shape, kwargs):
     return "x".join(map(str, shape)) + "-" + "-".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+@pytest.fixture(autouse=True)
+def winograd_on_small_inputs(monkeypatch):
+    """Layers take the Winograd path only on large inputs; these tests' inputs are small."""
+    monkeypatch.setattr(kernels, "WINOGRAD_MIN_WORK", 0)
 
 
 ALL_CASES = [pytest.param(family, shape, kwargs, id=f"{family}-{_case_id(shape, kwargs)}")
@@ -350,6 +361,24 @@ def test_chunked_path_matches_one_chunk(factory, x_shape, samples_per_chunk, tra
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
     for key in whole[2]:
         np.testing.assert_allclose(chunked[2][key], whole[2][key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_winograd_path_is_taken_and_matches_im2col(monkeypatch, training):
+    calls = []
+    original = kernels.winograd_conv3x3
+    monkeypatch.setattr(kernels, "winograd_conv3x3", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x, layer = _input((3, 16, 7, 6), np.float64), Conv2D(20, 3, padding=1, activation="relu", dtype=np.float64)
+    dy = _input((3, 20, 7, 6), np.float64, seed=2)
+    winograd = _run(layer, x, dy, training)
+    assert calls == [1]
+    monkeypatch.setattr(kernels, "WINOGRAD_MIN_CHANNELS", 10**6)  # the same layer through im2col
+    im2col = _run(layer, x, dy, training)
+    assert calls == [1]
+    for a, b in zip(winograd[:2], im2col[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for name in winograd[2]:
+        np.testing.assert_allclose(winograd[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
 
 
 def test_pointwise_fast_path_skips_im2col(monkeypatch):

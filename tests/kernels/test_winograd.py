@@ -1,0 +1,206 @@
+"""Winograd F(2x2, 3x3) convolution (``kernels/winograd.py``) against independent oracles.
+
+* Forward: the float64 im2col + GEMM of ``kernels.reference`` (strided window views, a
+  different algorithm), over N = 1, C_in = 1, C_out = 1, odd and even H/W, symmetric and
+  asymmetric pads 0..2, with and without bias and ReLU, float32 and float64.
+* Input gradient: ``reference.col2im(W2.T @ dz2)``, the adjoint of that GEMM.
+* Weight gradient: ``dz2 @ reference.im2col(x).T``.
+* All three against torch's ``conv2d`` and its autograd in one case.
+* Several blocks of samples (the last one narrower), both compiled versions of each Numba
+  core (serial and parallel), and the error messages.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minicnn.kernels import cpu, reference, winograd
+from tests.helpers import require_torch
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def core_version(request, monkeypatch):
+    """Force the serial or the parallel compiled version of the Numba cores (picked by size)."""
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_BYTES", 0 if request.param == "parallel" else 2**62)
+    return request.param
+
+
+# (x_shape (N, C_in, H, W), C_out, padding (top, bottom, left, right))
+CASES = [
+    ((2, 3, 5, 7), 4, (1, 1, 1, 1)),
+    ((1, 1, 8, 8), 1, (0, 0, 0, 0)),
+    ((3, 2, 9, 6), 5, (2, 2, 2, 2)),
+    ((1, 4, 3, 3), 2, (0, 1, 1, 0)),
+    ((2, 1, 6, 9), 3, (2, 0, 1, 2)),
+    ((1, 5, 3, 3), 1, (0, 0, 0, 0)),   # a 1x1 output: one partial tile
+    ((2, 6, 7, 4), 3, (1, 1, 0, 2)),
+]
+
+
+def _reference_conv(x, weight, padding, bias=None, relu=False):
+    """float64 ``W2 @ im2col(x)`` reshaped to (N, C_out, Ho, Wo), plus bias, then ReLU."""
+    x, weight = x.astype(np.float64), weight.astype(np.float64)
+    n, c_out = x.shape[0], weight.shape[0]
+    ho, wo = reference.output_hw(x.shape, (3, 3), (1, 1), padding)
+    cols = reference.im2col(x, (3, 3), (1, 1), padding, (1, 1))
+    y = (weight.reshape(c_out, -1) @ cols).reshape(c_out, n, ho, wo).transpose(1, 0, 2, 3)
+    if bias is not None:
+        y = y + bias.astype(np.float64)[:, None, None]
+    return np.maximum(y, 0) if relu else y
+
+
+def _reference_input_grad(dz, weight, x_shape, padding):
+    """float64 ``col2im(W2.T @ dz2)``: the adjoint of the im2col GEMM."""
+    dz2 = dz.astype(np.float64).transpose(1, 0, 2, 3).reshape(dz.shape[1], -1)
+    dcols = weight.astype(np.float64).reshape(weight.shape[0], -1).T @ dz2
+    return reference.col2im(dcols, x_shape, (3, 3), (1, 1), padding, (1, 1))
+
+
+def _assert_matches(actual, expected, dtype):
+    """float64 to 1e-10 relative; float32 to 1e-4 plus an atol scaled by the output's size."""
+    assert actual.dtype == dtype
+    scale = max(1.0, float(np.abs(expected).max()))
+    tol = dict(rtol=1e-10, atol=1e-12 * scale) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(actual, expected, **tol)
+
+
+def _data(x_shape, c_out, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal((c_out, x_shape[1], 3, 3)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("x_shape, c_out, padding", CASES)
+def test_forward_matches_im2col(core_version, x_shape, c_out, padding, dtype):
+    x, weight, bias = _data(x_shape, c_out, dtype)
+    y = winograd.conv3x3(x, weight, padding)
+    expected = _reference_conv(x, weight, padding)
+    assert y.shape == expected.shape
+    _assert_matches(y, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("x_shape, c_out, padding", CASES[::2])
+def test_forward_bias_relu(x_shape, c_out, padding, relu, dtype):
+    x, weight, bias = _data(x_shape, c_out, dtype, seed=1)
+    y = winograd.conv3x3(x, weight, padding, bias=bias, relu=relu)
+    expected = _reference_conv(x, weight, padding, bias, relu)
+    _assert_matches(y, expected, dtype)
+    if relu:
+        assert (y >= 0).all() and (y == 0).any()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("x_shape, c_out, padding", CASES)
+def test_input_grad_matches_col2im(core_version, x_shape, c_out, padding, dtype):
+    x, weight, _ = _data(x_shape, c_out, dtype, seed=2)
+    ho, wo = reference.output_hw(x_shape, (3, 3), (1, 1), padding)
+    dz = np.random.default_rng(3).standard_normal((x_shape[0], c_out, ho, wo)).astype(dtype)
+    dx = winograd.conv3x3_input_grad(dz, weight, x_shape, padding)
+    assert dx.shape == x_shape
+    _assert_matches(dx, _reference_input_grad(dz, weight, x_shape, padding), dtype)
+
+
+def _reference_weight_grad(dz, x, padding):
+    c_out = dz.shape[1]
+    cols = reference.im2col(x.astype(np.float64), (3, 3), (1, 1), padding, (1, 1))
+    dz2 = dz.astype(np.float64).transpose(1, 0, 2, 3).reshape(c_out, -1)
+    return (dz2 @ cols.T).reshape(c_out, x.shape[1], 3, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("x_shape, c_out, padding", CASES)
+def test_weight_grad_matches_im2col(core_version, x_shape, c_out, padding, dtype):
+    x, _, _ = _data(x_shape, c_out, dtype, seed=8)
+    ho, wo = reference.output_hw(x_shape, (3, 3), (1, 1), padding)
+    dz = np.random.default_rng(9).standard_normal((x_shape[0], c_out, ho, wo)).astype(dtype)
+    dweight = winograd.conv3x3_weight_grad(dz, x, padding)
+    assert dweight.shape == (c_out, x_shape[1], 3, 3) and dweight.dtype == dtype
+    _assert_matches(dweight, _reference_weight_grad(dz, x, padding), dtype)
+
+
+def test_a_hand_computed_case():
+    """An all-ones 3x3 filter sums each 3x3 window: on a 4x4 ramp with no padding the four
+    outputs are 9 times the window centres 5, 6, 9, 10."""
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
+    y = winograd.conv3x3(x, np.ones((1, 1, 3, 3)), (0, 0, 0, 0))
+    np.testing.assert_allclose(y[0, 0], [[45.0, 54.0], [81.0, 90.0]], rtol=1e-14)
+
+
+def test_against_torch_autograd():
+    torch = require_torch()
+    x, weight, bias = _data((2, 3, 7, 6), 4, np.float64, seed=4)
+    padding = (2, 1, 0, 2)  # torch pads (left, right, top, bottom) through F.pad
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    tz = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (0, 2, 2, 1)), torch.from_numpy(weight))
+    z = winograd.conv3x3(x, weight, padding)
+    np.testing.assert_allclose(z, tz.detach().numpy(), rtol=1e-10, atol=1e-12)
+    dz = np.random.default_rng(5).standard_normal(z.shape)
+    tw = torch.from_numpy(weight.copy()).requires_grad_(True)
+    tz = torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (0, 2, 2, 1)), tw)
+    tz.backward(torch.from_numpy(dz))
+    np.testing.assert_allclose(winograd.conv3x3_input_grad(dz, weight, x.shape, padding), tx.grad.numpy(),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(winograd.conv3x3_weight_grad(dz, x, padding), tw.grad.numpy(),
+                               rtol=1e-10, atol=1e-12)
+    y = winograd.conv3x3(x, weight, padding, bias=bias, relu=True)
+    ty = torch.relu(tz + torch.from_numpy(bias)[:, None, None])
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_several_blocks(core_version, monkeypatch, dtype):
+    """Blocks of 2 samples over a batch of 5: three blocks, the last one narrower, sharing buffers."""
+    x_shape, c_out, padding = (5, 3, 9, 7), 4, (1, 0, 2, 1)
+    tiles = ((9 + 1 - 2 + 1) // 2) * ((7 + 3 - 2 + 1) // 2)
+    monkeypatch.setattr(winograd, "_BLOCK_BYTES", 2 * 16 * c_out * tiles * np.dtype(dtype).itemsize)
+    assert len(winograd._sample_blocks(5, 16 * c_out * tiles * np.dtype(dtype).itemsize)) == 3
+    x, weight, bias = _data(x_shape, c_out, dtype, seed=6)
+    y = winograd.conv3x3(x, weight, padding, bias=bias, relu=True)
+    _assert_matches(y, _reference_conv(x, weight, padding, bias, relu=True), dtype)
+    dz = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
+    dx = winograd.conv3x3_input_grad(dz, weight, x_shape, padding)
+    _assert_matches(dx, _reference_input_grad(dz, weight, x_shape, padding), dtype)
+    _assert_matches(winograd.conv3x3_weight_grad(dz, x, padding), _reference_weight_grad(dz, x, padding), dtype)
+
+
+def test_applies():
+    assert winograd.applies((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    assert winograd.applies((3, 3), (1, 1), (0, 2, 1, 0), (1, 1))
+    assert not winograd.applies((3, 3), (2, 2), (1, 1, 1, 1), (1, 1))
+    assert not winograd.applies((5, 5), (1, 1), (1, 1, 1, 1), (1, 1))
+    assert not winograd.applies((3, 3), (1, 1), (1, 1, 1, 1), (2, 2))
+    assert not winograd.applies((3, 3), (1, 1), (3, 1, 1, 1), (1, 1))
+
+
+def test_bad_inputs():
+    x, weight, _ = _data((2, 3, 6, 6), 4, np.float32)
+    with pytest.raises(ValueError, match=r"winograd.conv3x3 expected x .* 4 dimensions, got shape \(3, 6, 6\)"):
+        winograd.conv3x3(x[0], weight, (1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3 expected a \(C_out, C_in, 3, 3\) weight, got shape \(4, 3, 5, 5\)"):
+        winograd.conv3x3(x, np.zeros((4, 3, 5, 5), np.float32), (1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3 expected weight with 3 input channels .* \(4, 2, 3, 3\)"):
+        winograd.conv3x3(x, weight[:, :2], (1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3 expected padding .* each in 0..2, got \(3, 1, 1, 1\)"):
+        winograd.conv3x3(x, weight, (3, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3 expected padding .* got \(1, 1\)"):
+        winograd.conv3x3(x, weight, (1, 1))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3 expected bias of shape \(4,\), got \(3,\)"):
+        winograd.conv3x3(x, weight, (1, 1, 1, 1), bias=np.zeros(3))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3 expected an output of at least 1x1, got 0x0"):
+        winograd.conv3x3(x[:, :, :2, :2], weight, (0, 0, 0, 0))
+    with pytest.raises(TypeError, match=r"winograd.conv3x3 expected x .* float32 or float64, got int64"):
+        winograd.conv3x3(x.astype(np.int64), weight, (1, 1, 1, 1))
+    with pytest.raises(TypeError, match=r"winograd.conv3x3 expected x .* NumPy array, got list"):
+        winograd.conv3x3(x.tolist(), weight, (1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3_weight_grad expected dz of shape \(2, 4, 6, 6\) .* got \(2, 4, 5, 6\)"):
+        winograd.conv3x3_weight_grad(np.zeros((2, 4, 5, 6), np.float32), x, (1, 1, 1, 1))
+    dz = np.zeros((2, 4, 6, 6), np.float32)
+    with pytest.raises(ValueError, match=r"winograd.conv3x3_input_grad expected dz of shape \(2, 4, 6, 6\) .* got \(2, 4, 5, 6\)"):
+        winograd.conv3x3_input_grad(dz[:, :, :5], weight, x.shape, (1, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"winograd.conv3x3_input_grad expected dz of shape \(2, 4, 6, 6\) for x_shape \(2, 5, 6, 6\)"):
+        winograd.conv3x3_input_grad(dz, weight, (2, 5, 6, 6), (1, 1, 1, 1))
