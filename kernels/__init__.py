@@ -30,8 +30,8 @@ def _impl(x):
     return cpu
 
 
-def im2col(x, kernel, stride, padding, dilation=(1, 1)):
-    return _impl(x).im2col(x, kernel, stride, padding, dilation)
+def im2col(x, kernel, stride, padding, dilation=(1, 1), out=None):
+    return _impl(x).im2col(x, kernel, stride, padding, dilation, out)
 
 
 def col2im(cols, x_shape, kernel, stride, padding, dilation=(1, 1)):
@@ -74,8 +74,8 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return _impl(z2).conv_epilogue(z2, bias, out_shape, relu)
 
 
-def conv_epilogue_backward(dy, relu_output=None):
-    return _impl(dy).conv_epilogue_backward(dy, relu_output)
+def conv_epilogue_backward(dy, relu_output=None, out=None):
+    return _impl(dy).conv_epilogue_backward(dy, relu_output, out)
 
 
 # Winograd F(2x2, 3x3) (``winograd.py``): CPU only; on the GPU cuBLAS GEMMs on im2col columns

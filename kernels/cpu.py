@@ -169,13 +169,23 @@ def _col2im(cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                         df[_unsigned(dst + ow * sw)] += cf[_unsigned(src + ow)]
 
 
-def im2col(x, kernel, stride, padding, dilation=(1, 1)):
-    """Unfold every receptive field of ``x`` into a column: ``(C*kh*kw, N*Ho*Wo)``."""
+def _check_out(out, shape, dtype, owner: str):
+    """``out`` if it is a C-contiguous array of ``shape`` and ``dtype``, a fresh array if ``None``."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"{owner} expected out as a C-contiguous {np.dtype(dtype)} array of shape "
+                         f"{tuple(shape)}, got {out.dtype} {out.shape}")
+    return out
+
+
+def im2col(x, kernel, stride, padding, dilation=(1, 1), out=None):
+    """Unfold every receptive field of ``x`` into a column: ``(C*kh*kw, N*Ho*Wo)``, into ``out`` if given."""
     x = _as_float_array(x, "x")
     n, c = x.shape[:2]
     kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
     ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
-    cols = np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
+    cols = _check_out(out, (c * kh * kw, n * ho * wo), x.dtype, "im2col")
     _im2col(cols.nbytes, x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     return cols
 
@@ -592,15 +602,16 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return y
 
 
-def conv_epilogue_backward(dy, relu_output=None):
-    """``(dz2, dbias)``: ``dy * [y > 0]`` (or ``dy``) in GEMM layout, and its per-channel sum."""
+def conv_epilogue_backward(dy, relu_output=None, out=None):
+    """``(dz2, dbias)``: ``dy * [y > 0]`` (or ``dy``) in GEMM layout (into ``out`` if given),
+    and its per-channel sum."""
     dy = _as_float_array(dy, "dy")
     relu = relu_output is not None
     mask = np.ascontiguousarray(relu_output, dtype=dy.dtype) if relu else dy
     if mask.shape != dy.shape:
         raise ValueError(f"conv_epilogue_backward expected relu_output of shape {dy.shape}, got {mask.shape}")
     n, c = dy.shape[:2]
-    dz2 = np.empty((c, dy.size // c), dtype=dy.dtype)
+    dz2 = _check_out(out, (c, dy.size // c), dy.dtype, "conv_epilogue_backward")
     dbias = np.empty(c, dtype=dy.dtype)
     _conv_epilogue_backward(dy.nbytes, dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu)
     return dz2, dbias

@@ -64,12 +64,16 @@ def _contiguous(x):
     return _xp().ascontiguousarray(x)
 
 
-def im2col(x, kernel, stride, padding, dilation):
+def im2col(x, kernel, stride, padding, dilation, out=None):
     x = _contiguous(x)
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = kernel, stride, padding, dilation
     ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
-    cols = _xp().empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
+    shape = (c * kh * kw, n * ho * wo)
+    if out is not None and (out.shape != shape or out.dtype != x.dtype or not out.flags.c_contiguous):
+        raise ValueError(f"im2col expected out as a C-contiguous {x.dtype} array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    cols = _xp().empty(shape, dtype=x.dtype) if out is None else out
     _launch("im2col", cols.size, x.dtype, x, cols, n, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     return cols
 
@@ -161,6 +165,10 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return y
 
 
-def conv_epilogue_backward(dy, relu_output=None):
+def conv_epilogue_backward(dy, relu_output=None, out=None):
     dz = dy if relu_output is None else dy * (relu_output > 0)
-    return _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1), dz.sum(axis=(0, 2, 3))
+    dz2 = _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)
+    if out is not None:
+        out[...] = dz2
+        dz2 = out
+    return dz2, dz.sum(axis=(0, 2, 3))

@@ -56,12 +56,20 @@ def _add_windows(dwin, x_shape, kernel, stride, padding, dilation):
     return padded[:, :, pt : pt + h, pl : pl + w]
 
 
-def im2col(x, kernel, stride, padding, dilation):
-    """Unfold every receptive field of ``x`` into a column: ``(C*kh*kw, N*Ho*Wo)``."""
+def _into(out, result):
+    """``result``, or ``result`` copied into ``out`` when the caller supplied a buffer."""
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def im2col(x, kernel, stride, padding, dilation, out=None):
+    """Unfold every receptive field of ``x`` into a column: ``(C*kh*kw, N*Ho*Wo)``, into ``out`` if given."""
     n, c = x.shape[:2]
     win = _windows(x, kernel, stride, padding, dilation)           # N, C, Ho, Wo, kh, kw
     cols = win.transpose(1, 4, 5, 0, 2, 3)                          # C, kh, kw, N, Ho, Wo
-    return np.ascontiguousarray(cols).reshape(c * kernel[0] * kernel[1], -1)
+    return _into(out, np.ascontiguousarray(cols).reshape(c * kernel[0] * kernel[1], -1))
 
 
 def col2im(cols, x_shape, kernel, stride, padding, dilation):
@@ -196,7 +204,7 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return np.maximum(z, 0) if relu else np.ascontiguousarray(z)
 
 
-def conv_epilogue_backward(dy, relu_output=None):
+def conv_epilogue_backward(dy, relu_output=None, out=None):
     """Adjoint of ``conv_epilogue``: ``(dz2, dbias)`` from ``dy`` (N, C, Ho, Wo).
 
     ``dz = dy * [y > 0]`` when ``relu_output`` (the ``y`` of a ReLU epilogue) is given, else
@@ -204,4 +212,5 @@ def conv_epilogue_backward(dy, relu_output=None):
     ``dz[:, c]`` over batch and space.
     """
     dz = dy if relu_output is None else dy * (relu_output > 0)
-    return np.ascontiguousarray(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1), dz.sum(axis=(0, 2, 3))
+    dz2 = np.ascontiguousarray(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)
+    return _into(out, dz2), dz.sum(axis=(0, 2, 3))

@@ -54,15 +54,15 @@ What is lost
   F(2x2, 3x3) this is still ~1e-6 relative; larger tiles (F(4x4, 3x3)) would be worse.
 
 Memory: the batch is processed in blocks of samples whose ``V`` and ``M`` take at most
-``_BLOCK_BYTES`` each (and the workspace limit); both buffers are allocated once per call
-and reused by every block.
+``_BLOCK_BYTES`` each (and the workspace limit); both live in ``minicnn.backend.scratch``
+buffers, reused by every block and every call.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from minicnn.backend import get_workspace_limit
+from minicnn.backend import get_workspace_limit, scratch
 
 from .cpu import _kernel, _unsigned
 
@@ -323,10 +323,11 @@ def conv3x3(x, weight, padding, bias=None, relu=False):
     tiles = tiles_h * tiles_w
     blocks = _sample_blocks(n, 16 * max(c_in, c_out) * tiles * x.itemsize)
     width = (blocks[0].stop - blocks[0].start) * tiles
-    # One V and one M for every block (the last block may be narrower and uses a prefix):
-    # fresh pages fault, and that costs more than the transforms themselves.
-    v_buf = np.empty(16 * (c_in * width + _SKEW), dtype=x.dtype)
-    m_buf = np.empty(16 * (c_out * width + _SKEW), dtype=x.dtype)
+    # One V and one M for every block (the last block may be narrower and uses a prefix), in
+    # minicnn's reusable scratch memory: fresh pages fault, and that costs more than the
+    # transforms themselves.
+    v_buf = scratch("winograd.v", (16 * (c_in * width + _SKEW),), x.dtype)
+    m_buf = scratch("winograd.m", (16 * (c_out * width + _SKEW),), x.dtype)
     y = np.empty((n, c_out, ho, wo), dtype=x.dtype)
     for part in blocks:
         cols = (part.stop - part.start) * tiles
@@ -398,8 +399,8 @@ def conv3x3_weight_grad(dz, x, padding):
     tiles = tiles_h * tiles_w
     blocks = _sample_blocks(n, 16 * max(c_in, c_out) * tiles * x.itemsize)
     width = (blocks[0].stop - blocks[0].start) * tiles
-    v_buf = np.empty(16 * (c_in * width + _SKEW), dtype=x.dtype)
-    z_buf = np.empty(16 * (c_out * width + _SKEW), dtype=x.dtype)
+    v_buf = scratch("winograd.v", (16 * (c_in * width + _SKEW),), x.dtype)
+    z_buf = scratch("winograd.m", (16 * (c_out * width + _SKEW),), x.dtype)
     s = np.zeros((16, c_out, c_in), dtype=x.dtype)
     for part in blocks:
         cols = (part.stop - part.start) * tiles

@@ -37,6 +37,25 @@ def test_workspace_limit_is_validated_and_settable():
         backend.set_workspace_limit(old / 2**20)
 
 
+def test_scratch_reuses_one_buffer_per_slot_and_respects_the_workspace_limit():
+    backend.release_scratch()
+    a = backend.scratch("test.a", (4, 5), np.float32)
+    assert a.shape == (4, 5) and a.dtype == np.float32 and a.flags.c_contiguous
+    b = backend.scratch("test.a", (2, 3), np.float64)  # smaller: the same memory
+    assert np.shares_memory(a, b)
+    assert not np.shares_memory(a, backend.scratch("test.b", (4, 5), np.float32))  # another slot
+    c = backend.scratch("test.a", (100, 100), np.float32)  # larger: grows, then stays
+    assert np.shares_memory(c, backend.scratch("test.a", (10,), np.float32))
+    old = backend.get_workspace_limit()
+    try:
+        backend.set_workspace_limit(1)  # 1 MiB: a 2 MiB request gets its own memory
+        big = backend.scratch("test.a", (2**19,), np.float32)
+        assert not np.shares_memory(big, backend.scratch("test.a", (2**19,), np.float32))
+    finally:
+        backend.set_workspace_limit(old / 2**20)
+        backend.release_scratch()
+
+
 def test_cupy_installed_without_a_gpu_says_so(monkeypatch):
     """The other half of the error: CuPy imports, but the CUDA runtime finds no device."""
     import sys

@@ -42,7 +42,7 @@ import math
 import numpy as np
 
 from .. import kernels
-from ..backend import get_array_module, get_workspace_limit
+from ..backend import get_array_module, get_workspace_limit, scratch
 from ..initializers import init_weight
 from .activations import Identity, ReLU, get_activation
 from .base import Layer
@@ -102,6 +102,12 @@ def _columns(part: slice, hw: int) -> slice:
     return slice(part.start * hw, part.stop * hw)
 
 
+def _block_im2col(x, part, kernel, stride, pads, dilation, rows: int, hw: int):
+    """``im2col(x[part])`` in the scratch buffer ``"cols"`` (``rows`` = C*kh*kw, ``hw`` = Ho*Wo)."""
+    out = scratch("cols", (rows, (part.stop - part.start) * hw), x.dtype, like=x)
+    return kernels.im2col(x[part], kernel, stride, pads, dilation, out=out)
+
+
 def _conv_gemm(x, weight, stride, pads, dilation, keep_cols: bool = False):
     """``Y2 = W2 @ im2col(x)`` without bias, in GEMM layout ``(C_out, N*Ho*Wo)``.
 
@@ -110,30 +116,33 @@ def _conv_gemm(x, weight, stride, pads, dilation, keep_cols: bool = False):
     reuses them), else ``None``. Larger batches recompute their columns in backward: keeping
     dozens of blocks alive costs more in fresh memory pages than the second im2col (136 ms
     against 71 ms for a forward of L3).
+
+    ``Y2`` lives in the scratch buffer ``"gemm"`` (``minicnn.backend.scratch``): the caller
+    must copy what it keeps before the next convolution call. Each block's GEMM writes
+    straight into its columns of ``Y2``, and block columns live in the scratch ``"cols"``.
     """
     xp = get_array_module(x)
     n, c_out, kernel = x.shape[0], weight.shape[0], weight.shape[2:]
     w2d = weight.reshape(c_out, -1)
     ho, wo = kernels.output_hw(x.shape, kernel, stride, pads, dilation)
+    y2 = scratch("gemm", (c_out, n * ho * wo), x.dtype, like=x)
     chunks = _batch_chunks(n, w2d.shape[1] * ho * wo * x.itemsize)
-    if len(chunks) == 1:
-        cols = kernels.im2col(x, kernel, stride, pads, dilation)
-        return w2d @ cols, ([cols] if keep_cols else None)
-    # Each block's GEMM writes straight into its columns of y2 (a temporary result plus a
-    # copy per block made the forward of L3 take 69 ms instead of 47: fresh pages fault).
-    y2 = xp.empty((c_out, n * ho * wo), dtype=x.dtype)
+    if len(chunks) == 1 and keep_cols:
+        cols = kernels.im2col(x, kernel, stride, pads, dilation)  # its own memory: kept for backward
+        return xp.matmul(w2d, cols, out=y2), [cols]
     for part in chunks:
-        xp.matmul(w2d, kernels.im2col(x[part], kernel, stride, pads, dilation), out=y2[:, _columns(part, ho * wo)])
+        cols = _block_im2col(x, part, kernel, stride, pads, dilation, w2d.shape[1], ho * wo)
+        xp.matmul(w2d, cols, out=y2[:, _columns(part, ho * wo)])
     return y2, None
 
 
 def _conv_weight_grad_gemm(dy2, x, weight_shape, stride, pads, dilation, cols=None):
     """``dW2 = sum over blocks of dY2 @ cols.T``, ``dY2`` in GEMM layout; reuses ``cols`` when given."""
     kernel, n = weight_shape[2:], x.shape[0]
-    hw = dy2.shape[1] // n
-    chunks = _batch_chunks(n, math.prod(weight_shape[1:]) * hw * dy2.itemsize)
+    rows, hw = math.prod(weight_shape[1:]), dy2.shape[1] // n
+    chunks = _batch_chunks(n, rows * hw * dy2.itemsize)
     if cols is None:
-        cols = (kernels.im2col(x[part], kernel, stride, pads, dilation) for part in chunks)
+        cols = (_block_im2col(x, part, kernel, stride, pads, dilation, rows, hw) for part in chunks)
     return sum(dy2[:, _columns(part, hw)] @ block.T for part, block in zip(chunks, cols)).reshape(weight_shape)
 
 
@@ -143,14 +152,11 @@ def _conv_input_grad_gemm(dy2, weight, x_shape, stride, pads, dilation):
     kernel, n = weight.shape[2:], x_shape[0]
     w2d, hw = weight.reshape(weight.shape[0], -1), dy2.shape[1] // n
     chunks = _batch_chunks(n, w2d.shape[1] * hw * dy2.itemsize)
-    if len(chunks) == 1:
-        return kernels.col2im(w2d.T @ dy2, x_shape, kernel, stride, pads, dilation)
     dx = xp.empty(x_shape, dtype=dy2.dtype)
-    dcols = xp.empty((w2d.shape[1], (chunks[0].stop - chunks[0].start) * hw), dtype=dy2.dtype)
-    for part in chunks:  # one dcols buffer for every block (the last may be narrower)
-        block = dcols[:, :(part.stop - part.start) * hw]
-        xp.matmul(w2d.T, dy2[:, _columns(part, hw)], out=block)
-        dx[part] = kernels.col2im(block, dx[part].shape, kernel, stride, pads, dilation)
+    for part in chunks:  # the columns' gradient of each block in the scratch buffer "cols"
+        dcols = scratch("cols", (w2d.shape[1], (part.stop - part.start) * hw), dy2.dtype, like=dy2)
+        xp.matmul(w2d.T, dy2[:, _columns(part, hw)], out=dcols)
+        dx[part] = kernels.col2im(dcols, dx[part].shape, kernel, stride, pads, dilation)
     return dx
 
 
@@ -167,7 +173,7 @@ def _conv_forward(x, weight, stride, pads, dilation, keep_cols: bool = False):
         return _matmul_each(weight.reshape(c_out, c), x.reshape(n, c, h * w), y).reshape(n, c_out, h, w), None
     y2, cols = _conv_gemm(x, weight, stride, pads, dilation, keep_cols)
     ho, wo = kernels.output_hw(x.shape, kernel, stride, pads, dilation)
-    return xp.ascontiguousarray(_from_gemm(y2, n, ho, wo)), cols
+    return _from_gemm(y2, n, ho, wo).copy(), cols  # a copy: y2 is scratch memory
 
 
 def _conv_weight_grad(dy, x, weight_shape, stride, pads, dilation, cols=None):
@@ -302,12 +308,14 @@ class _ConvLayer(Layer):
         """``_start_backward`` returning the gradient of ``act``'s input in GEMM layout (C_out, N*Ho*Wo).
 
         ``kernels.conv_epilogue_backward`` applies ReLU's mask ``[y > 0]``, transposes and sums
-        the bias gradient in one pass.
+        the bias gradient in one pass. The result lives in the scratch buffer ``"gemm"``.
         """
         dy = self._check_dy(dy)
         if not self._cache_fused:
             dy = self.activation.backward(dy)
-        dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y)
+        c = dy.shape[1]
+        dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y,
+                                                    out=scratch("gemm", (c, dy.size // c), dy.dtype, like=dy))
         if self.use_bias:
             self.grads["bias"][...] = dbias
         return dy2
@@ -384,7 +392,7 @@ class Conv2D(_ConvLayer):
                                                                       pads, self.dilation)
         dy2 = self._start_backward_gemm(dy)
         if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py)
-            dz = _from_gemm(dy2, x.shape[0], *dy.shape[2:])
+            dz = get_array_module(dy2).ascontiguousarray(_from_gemm(dy2, x.shape[0], *dy.shape[2:]))
             self.grads["weight"][...] = kernels.winograd_conv3x3_weight_grad(dz, x, pads)
             return None if self.skip_input_grad else kernels.winograd_conv3x3_input_grad(dz, weight, x.shape, pads)
         self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,

@@ -381,6 +381,31 @@ def test_winograd_path_is_taken_and_matches_im2col(monkeypatch, training):
         np.testing.assert_allclose(winograd[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("factory, x_shape", [
+    (lambda: Conv2D(4, 3, padding=1), (1, 3, 6, 6)),                        # one block, N = 1
+    (lambda: Conv2D(4, 3, stride=2), (5, 3, 9, 9)),                         # several blocks
+    (lambda: Conv2D(16, 3, padding=1, activation="relu"), (2, 16, 6, 6)),   # Winograd
+    (lambda: Conv2DTranspose(3, 3, stride=2, padding=1), (1, 4, 4, 4)),
+    (lambda: Conv2DTranspose(3, 3, stride=2), (5, 4, 4, 4)),
+], ids=["conv-n1", "conv-blocks", "winograd", "transpose-n1", "transpose-blocks"])
+def test_results_never_live_in_scratch_memory(factory, x_shape, monkeypatch):
+    """Layers keep temporaries in reusable scratch buffers (backend.scratch); what they
+    return or cache must not be one: a second layer's calls would overwrite it."""
+    from minicnn.layers import conv
+    monkeypatch.setattr(conv, "_BLOCK_BYTES", 2000)  # several blocks where the batch allows
+    first, second = factory(), factory()
+    x = _input(x_shape, np.float32)
+    y = first.forward(x, training=True)
+    dy = _input(y.shape, np.float32, seed=3)
+    dx = first.backward(dy)
+    saved = [y.copy(), dx.copy()] + [g.copy() for g in first.grads.values()]
+    second.forward(_input(x_shape, np.float32, seed=4), training=True)  # same slots, new data
+    second.backward(_input(y.shape, np.float32, seed=5))
+    for before, after in zip(saved, [y, dx, *first.grads.values()]):
+        np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(first.backward(dy), dx)  # forward's caches survived too
+
+
 def test_pointwise_fast_path_skips_im2col(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("a 1x1, stride-1, unpadded convolution should not call im2col")
