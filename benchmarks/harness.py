@@ -11,7 +11,8 @@ back on ``free`` (``malloc_trim`` first returns what the timing phase left in
 the heap), so resident memory follows live arrays; the high-water mark
 is reset (``/proc/self/clear_refs``), one forward+backward runs, and the peak
 minus the resident size before it is the memory the step needed beyond its
-inputs and parameters. Only pages actually touched count, for both. This runs
+inputs and parameters (minicnn's reusable scratch buffers are released first, so they
+count). Only pages actually touched count, for both. This runs
 after all timings, because it makes every large allocation fault its pages in.
 Linux only; elsewhere the column reads ``n/a``.
 """
@@ -104,8 +105,11 @@ def peak_memory(fn, repeats: int = 3) -> float | None:
         return None
     _configure_malloc()
     fn()  # first call after mallopt: lets any cached state settle
+    from minicnn.backend import release_scratch
+
     peaks = []
     for _ in range(repeats):
+        release_scratch()  # minicnn's reusable scratch buffers count as memory the call needs
         gc.collect()
         _libc.malloc_trim(0)  # free heap memory left over from the timing phase goes back to the OS
         with open("/proc/self/clear_refs", "w") as refs:
