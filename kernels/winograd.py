@@ -70,7 +70,8 @@ __all__ = ["applies", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
-# The filter transform, in float64; cast to the data's dtype when used.
+# The filter transform, in float64: U = G g G^T and the weight gradient's G^T S G are
+# computed in float64 and cast to the data's dtype afterwards (a few bits more for float32).
 _G = np.array([[1.0, 0.0, 0.0],
                [0.5, 0.5, 0.5],
                [0.5, -0.5, 0.5],
@@ -277,9 +278,23 @@ def _check_weight(weight, c_in, dtype, owner: str, what: str = "x"):
 # ---------------------------------------------------------------- public functions
 def _filter_transform(weight):
     """``U[k] = (G g G^T)[k]`` for every filter: ``(16, C_out, C_in)``, k = 4*row + column."""
-    g = _G.astype(weight.dtype)
-    u = g @ weight @ g.T                                       # (C_out, C_in, 4, 4)
-    return np.ascontiguousarray(u.transpose(2, 3, 0, 1)).reshape(16, *weight.shape[:2])
+    u = _G @ weight @ _G.T                        # (C_out, C_in, 4, 4), in float64 (_G's dtype)
+    return np.ascontiguousarray(u.transpose(2, 3, 0, 1), dtype=weight.dtype).reshape(16, *weight.shape[:2])
+
+
+def _tiled_blocks(n: int, c_in: int, c_out: int, tiles: int, dtype):
+    """``(part, cols, v, m)`` for each block of samples: ``cols`` tiles, and views ``V``
+    (16, C_in*cols) and ``M`` (16, C_out*cols) (k-slices ``_SKEW`` apart) into one pair of
+    buffers for all blocks, in minicnn's reusable scratch memory: fresh pages fault, and
+    that costs more than the transforms themselves."""
+    blocks = _sample_blocks(n, 16 * max(c_in, c_out) * tiles * np.dtype(dtype).itemsize)
+    width = (blocks[0].stop - blocks[0].start) * tiles
+    v_buf = scratch("winograd.v", (16 * (c_in * width + _SKEW),), dtype)
+    m_buf = scratch("winograd.m", (16 * (c_out * width + _SKEW),), dtype)
+    for part in blocks:  # the last block may be narrower and uses a prefix
+        cols = (part.stop - part.start) * tiles
+        yield (part, cols, v_buf[:16 * (c_in * cols + _SKEW)].reshape(16, -1),
+               m_buf[:16 * (c_out * cols + _SKEW)].reshape(16, -1))
 
 
 def _sample_blocks(n: int, bytes_per_sample: int) -> list[slice]:
@@ -320,19 +335,8 @@ def conv3x3(x, weight, padding, bias=None, relu=False):
 
     u = _filter_transform(weight)
     tiles_h, tiles_w = (ho + 1) // 2, (wo + 1) // 2
-    tiles = tiles_h * tiles_w
-    blocks = _sample_blocks(n, 16 * max(c_in, c_out) * tiles * x.itemsize)
-    width = (blocks[0].stop - blocks[0].start) * tiles
-    # One V and one M for every block (the last block may be narrower and uses a prefix), in
-    # minicnn's reusable scratch memory: fresh pages fault, and that costs more than the
-    # transforms themselves.
-    v_buf = scratch("winograd.v", (16 * (c_in * width + _SKEW),), x.dtype)
-    m_buf = scratch("winograd.m", (16 * (c_out * width + _SKEW),), x.dtype)
     y = np.empty((n, c_out, ho, wo), dtype=x.dtype)
-    for part in blocks:
-        cols = (part.stop - part.start) * tiles
-        v = v_buf[:16 * (c_in * cols + _SKEW)].reshape(16, -1)
-        m = m_buf[:16 * (c_out * cols + _SKEW)].reshape(16, -1)
+    for part, cols, v, m in _tiled_blocks(n, c_in, c_out, tiles_h * tiles_w, x.dtype):
         _input_transform(_WORK_SCALE * v.nbytes, x, v, part.start, cols, pt, pl, tiles_h, tiles_w)
         for k in range(16):  # a 3-D matmul runs BLAS matrix by matrix too: measured the same
             np.matmul(u[k], v[k, :c_in * cols].reshape(c_in, cols), out=m[k, :c_out * cols].reshape(c_out, cols))
@@ -396,21 +400,12 @@ def conv3x3_weight_grad(dz, x, padding):
                          f"padding {padding!r}, got {dz.shape}")
     ho, wo = expected[2:]
     tiles_h, tiles_w = (ho + 1) // 2, (wo + 1) // 2
-    tiles = tiles_h * tiles_w
-    blocks = _sample_blocks(n, 16 * max(c_in, c_out) * tiles * x.itemsize)
-    width = (blocks[0].stop - blocks[0].start) * tiles
-    v_buf = scratch("winograd.v", (16 * (c_in * width + _SKEW),), x.dtype)
-    z_buf = scratch("winograd.m", (16 * (c_out * width + _SKEW),), x.dtype)
     s = np.zeros((16, c_out, c_in), dtype=x.dtype)
-    for part in blocks:
-        cols = (part.stop - part.start) * tiles
-        v = v_buf[:16 * (c_in * cols + _SKEW)].reshape(16, -1)
-        z = z_buf[:16 * (c_out * cols + _SKEW)].reshape(16, -1)
+    for part, cols, v, z in _tiled_blocks(n, c_in, c_out, tiles_h * tiles_w, x.dtype):
         _input_transform(_WORK_SCALE * v.nbytes, x, v, part.start, cols, pt, pl, tiles_h, tiles_w)
         _gradient_transform(_WORK_SCALE * z.nbytes, dz, z, part.start, cols, tiles_h, tiles_w)
         for k in range(16):
             s[k] += z[k, :c_out * cols].reshape(c_out, cols) @ v[k, :c_in * cols].reshape(c_in, cols).T
-    g = _G.astype(x.dtype)
     s = s.reshape(4, 4, c_out, c_in).transpose(2, 3, 0, 1)  # (C_out, C_in, 4, 4)
-    return np.ascontiguousarray(g.T @ s @ g)                 # G^T S G: (C_out, C_in, 3, 3)
+    return (_G.T @ s @ _G).astype(x.dtype)                   # G^T S G, in float64: (C_out, C_in, 3, 3)
 
