@@ -1,0 +1,39 @@
+"""The benchmark suite runs and reports what it says (its figures live in docs/benchmarks.md).
+
+Nothing here is timed against a target: targets live in the benchmark's own verdicts.
+"""
+import json
+
+import pytest
+
+from benchmarks import harness
+from tests.helpers import require_torch
+
+
+def test_time_pair_times_both_and_gives_short_calls_more_repeats():
+    calls = {"a": 0, "b": 0}
+
+    def first():
+        calls["a"] += 1
+
+    def second():
+        calls["b"] += 1
+
+    a_ms, b_ms = harness.time_pair(first, second, warmup=1, repeats=3, rounds=3)
+    assert a_ms >= 0 and b_ms >= 0
+    # Calls of a few microseconds: each round times up to 50 of each, plus warm-up and a probe.
+    assert calls["a"] == calls["b"] > 3 * 3
+
+
+def test_a_quick_run_prints_json_with_ratios_and_verdicts(capsys):
+    require_torch()
+    from benchmarks.__main__ import main
+
+    assert main(["--only", "maxpool", "--no-memory", "--repeats", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["meta"]["threads"] >= 1 and report["meta"]["sgemm_gflops"] > 0
+    (row,) = report["results"]
+    assert row["name"].startswith("maxpool")
+    assert row["minicnn_ms"] > 0 and row["torch_ms"] > 0
+    assert row["ratio"] == pytest.approx(row["minicnn_ms"] / row["torch_ms"])
+    assert row["verdicts"] and row["verdicts"][0].split()[0] in ("PASS", "MISS")
