@@ -219,18 +219,22 @@ def _gradient_transform(dz, z, first, cols, tiles_h, tiles_w):
     _, c_out, ho, wo = dz.shape
     count = cols // (tiles_h * tiles_w)
     df, zf = dz.reshape(-1), z.reshape(-1)
-    stride_k = z.shape[1]
+    stride_k, wt = z.shape[1], 2 * tiles_w
     for plane in prange(count * c_out):  # one (sample, channel) plane: its own columns of z
         b, o = plane // c_out, plane % c_out
+        # The plane, zero-extended to whole 2x2 blocks, in an L1-sized scratch: the block loop
+        # below then needs no bounds tests (as the input transform's padded copy).
+        padded = np.zeros(2 * tiles_h * wt, dtype=dz.dtype)
         src = ((first + b) * c_out + o) * ho * wo
+        for i in range(ho):
+            for j in range(wo):
+                padded[_unsigned(i * wt + j)] = df[_unsigned(src + i * wo + j)]
         base = o * cols + b * tiles_h * tiles_w
         for th in range(tiles_h):
             for tw in range(tiles_w):
-                i, j = 2 * th, 2 * tw
-                d00 = df[_unsigned(src + i * wo + j)]
-                d01 = df[_unsigned(src + i * wo + j + 1)] if j + 1 < wo else d00 * 0
-                d10 = df[_unsigned(src + (i + 1) * wo + j)] if i + 1 < ho else d00 * 0
-                d11 = df[_unsigned(src + (i + 1) * wo + j + 1)] if i + 1 < ho and j + 1 < wo else d00 * 0
+                p = 2 * th * wt + 2 * tw
+                d00, d01 = padded[_unsigned(p)], padded[_unsigned(p + 1)]
+                d10, d11 = padded[_unsigned(p + wt)], padded[_unsigned(p + wt + 1)]
                 dst = base + th * tiles_w + tw
                 # A dz: each column (2 values) becomes 4; then (A dz) A^T does the same to rows.
                 r0, r1, r2, r3 = _a(d00, d10)

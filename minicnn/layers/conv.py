@@ -392,7 +392,8 @@ class Conv2D(_ConvLayer):
                                                                       pads, self.dilation)
         dy2 = self._start_backward_gemm(dy)
         if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py)
-            dz = get_array_module(dy2).ascontiguousarray(_from_gemm(dy2, x.shape[0], *dy.shape[2:]))
+            dz = scratch("dz", dy.shape, dy2.dtype, like=dy2)  # (N, C_out, Ho, Wo) again
+            dz[...] = _from_gemm(dy2, x.shape[0], *dy.shape[2:])
             self.grads["weight"][...] = kernels.winograd_conv3x3_weight_grad(dz, x, pads)
             return None if self.skip_input_grad else kernels.winograd_conv3x3_input_grad(dz, weight, x.shape, pads)
         self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,
