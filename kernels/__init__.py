@@ -16,8 +16,7 @@ __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "winograd_pays", "winograd_conv3x3",
-    "winograd_conv3x3_input_grad", "winograd_conv3x3_weight_grad", "output_hw", "reference", "cpu", "winograd",
+    "conv_epilogue", "conv_epilogue_backward", "winograd_pays", "output_hw", "reference", "cpu", "winograd",
 ]
 
 output_hw = reference.output_hw
@@ -78,8 +77,9 @@ def conv_epilogue_backward(dy, relu_output=None, out=None):
     return _impl(dy).conv_epilogue_backward(dy, relu_output, out)
 
 
-# Winograd F(2x2, 3x3) (``winograd.py``): CPU only; on the GPU cuBLAS GEMMs on im2col columns
-# are fast enough that the layer keeps that path.
+# Winograd F(2x2, 3x3) (``winograd.py``, called as ``kernels.winograd.conv3x3`` etc.): CPU only,
+# NumPy arrays only; on the GPU cuBLAS GEMMs on im2col columns are fast enough that the layer
+# keeps that path. ``winograd_pays`` is the one place that decides.
 WINOGRAD_MIN_CHANNELS = 16
 """Below this many input or output channels the 16 GEMMs are too thin to beat im2col."""
 WINOGRAD_MIN_WORK = 2**27
@@ -99,14 +99,3 @@ def winograd_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
     return (not is_cupy_array(x) and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and work >= WINOGRAD_MIN_WORK
             and winograd.applies(weight_shape[2:], stride, padding, dilation))
 
-
-def winograd_conv3x3(x, weight, padding, bias=None, relu=False):
-    return winograd.conv3x3(x, weight, padding, bias, relu)
-
-
-def winograd_conv3x3_input_grad(dz, weight, x_shape, padding):
-    return winograd.conv3x3_input_grad(dz, weight, x_shape, padding)
-
-
-def winograd_conv3x3_weight_grad(dz, x, padding):
-    return winograd.conv3x3_weight_grad(dz, x, padding)

@@ -33,7 +33,7 @@ import types
 import numpy as np
 from numba import njit, prange
 
-from .reference import output_hw
+from .reference import check_out, output_hw
 
 __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
@@ -169,23 +169,15 @@ def _col2im(cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                         df[_unsigned(dst + ow * sw)] += cf[_unsigned(src + ow)]
 
 
-def _check_out(out, shape, dtype, owner: str):
-    """``out`` if it is a C-contiguous array of ``shape`` and ``dtype``, a fresh array if ``None``."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"{owner} expected out as a C-contiguous {np.dtype(dtype)} array of shape "
-                         f"{tuple(shape)}, got {out.dtype} {out.shape}")
-    return out
-
-
 def im2col(x, kernel, stride, padding, dilation=(1, 1), out=None):
     """Unfold every receptive field of ``x`` into a column: ``(C*kh*kw, N*Ho*Wo)``, into ``out`` if given."""
     x = _as_float_array(x, "x")
     n, c = x.shape[:2]
     kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
     ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
-    cols = _check_out(out, (c * kh * kw, n * ho * wo), x.dtype, "im2col")
+    shape = (c * kh * kw, n * ho * wo)
+    check_out(out, shape, x.dtype, "im2col")
+    cols = np.empty(shape, dtype=x.dtype) if out is None else out
     _im2col(cols.nbytes, x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     return cols
 
@@ -611,7 +603,8 @@ def conv_epilogue_backward(dy, relu_output=None, out=None):
     if mask.shape != dy.shape:
         raise ValueError(f"conv_epilogue_backward expected relu_output of shape {dy.shape}, got {mask.shape}")
     n, c = dy.shape[:2]
-    dz2 = _check_out(out, (c, dy.size // c), dy.dtype, "conv_epilogue_backward")
+    check_out(out, (c, dy.size // c), dy.dtype, "conv_epilogue_backward")
+    dz2 = np.empty((c, dy.size // c), dtype=dy.dtype) if out is None else out
     dbias = np.empty(c, dtype=dy.dtype)
     _conv_epilogue_backward(dy.nbytes, dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu)
     return dz2, dbias

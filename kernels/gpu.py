@@ -21,7 +21,7 @@ import numpy as np
 
 from minicnn import backend
 
-from .reference import output_hw
+from .reference import _into, check_out, output_hw
 
 # Batch norm on the GPU is the reference's maths itself, run on CuPy arrays (it uses array
 # methods only): its reductions are bandwidth-bound and CuPy's kernels are already fast there.
@@ -70,9 +70,7 @@ def im2col(x, kernel, stride, padding, dilation, out=None):
     (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = kernel, stride, padding, dilation
     ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
     shape = (c * kh * kw, n * ho * wo)
-    if out is not None and (out.shape != shape or out.dtype != x.dtype or not out.flags.c_contiguous):
-        raise ValueError(f"im2col expected out as a C-contiguous {x.dtype} array of shape {shape}, "
-                         f"got {out.dtype} {out.shape}")
+    check_out(out, shape, x.dtype, "im2col")
     cols = _xp().empty(shape, dtype=x.dtype) if out is None else out
     _launch("im2col", cols.size, x.dtype, x, cols, n, c, h, w, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     return cols
@@ -167,8 +165,4 @@ def conv_epilogue(z2, bias, out_shape, relu):
 
 def conv_epilogue_backward(dy, relu_output=None, out=None):
     dz = dy if relu_output is None else dy * (relu_output > 0)
-    dz2 = _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)
-    if out is not None:
-        out[...] = dz2
-        dz2 = out
-    return dz2, dz.sum(axis=(0, 2, 3))
+    return _into(out, _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)), dz.sum(axis=(0, 2, 3))

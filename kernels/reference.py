@@ -56,6 +56,13 @@ def _add_windows(dwin, x_shape, kernel, stride, padding, dilation):
     return padded[:, :, pt : pt + h, pl : pl + w]
 
 
+def check_out(out, shape, dtype, owner: str) -> None:
+    """Raise unless ``out`` (a caller's buffer, or ``None``) is a C-contiguous ``dtype`` array of ``shape``."""
+    if out is not None and (tuple(out.shape) != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous):
+        raise ValueError(f"{owner} expected out as a C-contiguous {dtype} array of shape {tuple(shape)}, "
+                         f"got {out.dtype} {tuple(out.shape)}")
+
+
 def _into(out, result):
     """``result``, or ``result`` copied into ``out`` when the caller supplied a buffer."""
     if out is None:

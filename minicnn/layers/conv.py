@@ -288,18 +288,18 @@ class _ConvLayer(Layer):
         when the activation is ReLU or none; a ReLU layer then keeps its output ``y`` for
         backward (``y > 0`` exactly where ``z > 0``). Other activations run on their own.
         """
-        relu, _ = self._fusable_activation()
-        y = kernels.conv_epilogue(y2, self.params.get("bias"), (x.shape[0], y2.shape[0], *out_hw), relu)
+        y = kernels.conv_epilogue(y2, self.params.get("bias"), (x.shape[0], y2.shape[0], *out_hw),
+                                  self._relu_fused())
         return self._finish_forward_fused(x, y, training)
 
-    def _fusable_activation(self):
-        """``(relu, fused)``: is the activation ReLU, and can a kernel apply it (ReLU or none)?"""
-        relu = isinstance(self.activation, ReLU)
-        return relu, relu or isinstance(self.activation, Identity)
+    def _relu_fused(self) -> bool:
+        """Is the activation a ReLU, which the convolution kernels apply themselves?"""
+        return isinstance(self.activation, ReLU)
 
     def _finish_forward_fused(self, x, y, training):
         """Cache for backward after a kernel wrote ``y = act(z + b)`` (ReLU or none) or ``z + b``."""
-        relu, fused = self._fusable_activation()
+        relu = self._relu_fused()
+        fused = relu or isinstance(self.activation, Identity)
         self._cache_x, self._cache_y_shape, self._cache_fused = x, y.shape, fused
         self._cache_relu_y = y if relu else None
         return y if fused else self.activation.forward(y, training)
@@ -376,8 +376,7 @@ class Conv2D(_ConvLayer):
             return self._finish_forward(x, y, training)
         self._cache_winograd = kernels.winograd_pays(x, weight.shape, self.stride, pads, self.dilation)
         if self._cache_winograd:  # 3x3, stride 1: Winograd F(2x2, 3x3), bias and ReLU fused
-            relu, _ = self._fusable_activation()
-            y = kernels.winograd_conv3x3(x, weight, pads, self.params.get("bias"), relu)
+            y = kernels.winograd.conv3x3(x, weight, pads, self.params.get("bias"), self._relu_fused())
             return self._finish_forward_fused(x, y, training)
         y2, self._cache_cols = _conv_gemm(x, weight, self.stride, pads, self.dilation, keep_cols=training)
         return self._finish_forward_gemm(x, y2, out_hw, training)
@@ -394,8 +393,8 @@ class Conv2D(_ConvLayer):
         if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py)
             dz = scratch("dz", dy.shape, dy2.dtype, like=dy2)  # (N, C_out, Ho, Wo) again
             dz[...] = _from_gemm(dy2, x.shape[0], *dy.shape[2:])
-            self.grads["weight"][...] = kernels.winograd_conv3x3_weight_grad(dz, x, pads)
-            return None if self.skip_input_grad else kernels.winograd_conv3x3_input_grad(dz, weight, x.shape, pads)
+            self.grads["weight"][...] = kernels.winograd.conv3x3_weight_grad(dz, x, pads)
+            return None if self.skip_input_grad else kernels.winograd.conv3x3_input_grad(dz, weight, x.shape, pads)
         self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,
                                                            self.dilation, cols=self._cache_cols)
         if self.skip_input_grad:

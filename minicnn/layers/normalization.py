@@ -111,7 +111,7 @@ class _BatchNorm(Layer):
         inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
         scale = gamma * inv_std
         shift = beta - self.buffers["running_mean"] * scale
-        self._cache_x, self._cache_inv_std = x, inv_std
+        self._cache_x, self._cache_mean, self._cache_inv_std = x, self.buffers["running_mean"].copy(), inv_std
         y = x * scale.reshape(per_channel)
         y += shift.reshape(per_channel)
         return y
@@ -123,7 +123,7 @@ class _BatchNorm(Layer):
             dx, dgamma, dbeta = kernels.batchnorm_backward(dy, self._cache_x, self._cache_mean, gamma, inv_std)
         else:  # mu and s are constants: dx = gamma / s * dy
             per_channel = (1, -1) + (1,) * (dy.ndim - 2)
-            x_hat = (self._cache_x - self.buffers["running_mean"].reshape(per_channel)) * inv_std.reshape(per_channel)
+            x_hat = (self._cache_x - self._cache_mean.reshape(per_channel)) * inv_std.reshape(per_channel)
             dgamma, dbeta = (dy * x_hat).sum(axis=self.reduce_axes), dy.sum(axis=self.reduce_axes)
             dx = (gamma * inv_std).reshape(per_channel) * dy
         self.grads["weight"][...] = dgamma
