@@ -144,8 +144,12 @@ def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                     cf[_unsigned(dst + ow)] = 0
                 for ow in range(ow_hi, wo):                    # right padding
                     cf[_unsigned(dst + ow)] = 0
-                for ow in range(ow_lo, ow_hi):
-                    cf[_unsigned(dst + ow)] = xf[_unsigned(src + ow * sw)]
+                if sw == 1:  # a contiguous copy LLVM can vectorise (a strided read it cannot)
+                    for ow in range(ow_lo, ow_hi):
+                        cf[_unsigned(dst + ow)] = xf[_unsigned(src + ow)]
+                else:
+                    for ow in range(ow_lo, ow_hi):
+                        cf[_unsigned(dst + ow)] = xf[_unsigned(src + ow * sw)]
 
 
 @_kernel()
@@ -165,8 +169,12 @@ def _col2im(cols, dx, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                 for oh in range(oh_lo, oh_hi):
                     dst = (plane * h + oh * sh + i * dh - pt) * w + iw0
                     src = row * n * ho * wo + (b * ho + oh) * wo
-                    for ow in range(ow_lo, ow_hi):
-                        df[_unsigned(dst + ow * sw)] += cf[_unsigned(src + ow)]
+                    if sw == 1:  # contiguous: vectorised
+                        for ow in range(ow_lo, ow_hi):
+                            df[_unsigned(dst + ow)] += cf[_unsigned(src + ow)]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            df[_unsigned(dst + ow * sw)] += cf[_unsigned(src + ow)]
 
 
 def im2col(x, kernel, stride, padding, dilation=(1, 1), out=None):

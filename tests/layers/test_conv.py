@@ -407,6 +407,32 @@ def test_results_never_live_in_scratch_memory(factory, x_shape, monkeypatch):
     np.testing.assert_array_equal(first.backward(dy), dx)  # forward's caches survived too
 
 
+def test_kept_columns_reuse_their_memory_only_where_they_fit():
+    """A training forward keeps its im2col columns for backward and the next training forward
+    writes its columns into them (no fresh pages). Every step must still equal a fresh layer's,
+    when the batch size, the input or the mode changes between steps."""
+    layer = Conv2D(4, 5, padding=1, in_channels=3, dtype=np.float64)  # padding: zeros rewritten too
+    fresh = Conv2D(4, 5, padding=1, in_channels=3, dtype=np.float64)
+    fresh.load_state_dict(layer.state_dict())
+    kept = None
+    for step, (n, training) in enumerate([(2, True), (2, True), (3, True), (3, False), (3, True), (2, True)]):
+        x = _input((n, 3, 9, 9), np.float64, seed=step)
+        dy = _input((n, 4, 7, 7), np.float64, seed=10 + step)
+        y, dx, grads = _run(layer, x, dy, training)
+        expected = _run(fresh, x, dy, training)
+        fresh._cache_cols = None  # the oracle always starts from fresh memory
+        np.testing.assert_array_equal(y, expected[0])
+        np.testing.assert_array_equal(dx, expected[1])
+        for key in grads:
+            np.testing.assert_array_equal(grads[key], expected[2][key])
+        cols = layer._cache_cols[0] if layer._cache_cols else None
+        if step == 1:
+            assert cols is kept, "the same shape should reuse the last step's columns"
+        if step == 2:
+            assert cols is not kept and cols.shape[1] == 3 * 49, "a new batch size needs new columns"
+        kept = cols
+
+
 def test_pointwise_fast_path_skips_im2col(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("a 1x1, stride-1, unpadded convolution should not call im2col")
