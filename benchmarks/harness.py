@@ -25,18 +25,25 @@ import time
 
 import numpy as np
 
-__all__ = ["time_pair", "sgemm_ceiling", "peak_memory", "memory_supported"]
+__all__ = ["time_pair", "sgemm_ceiling", "peak_memory", "memory_supported", "SETTLE_SECONDS"]
+
+SETTLE_SECONDS = 0.3
+"""Pause before each timed block: longer than OpenBLAS's default spin after its last GEMM."""
 
 
-def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3) -> tuple[float, float]:
+def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3,
+              settle: float = SETTLE_SECONDS) -> tuple[float, float]:
     """Median milliseconds of ``first()`` and ``second()``, timed in interleaved blocks.
 
-    Each of ``rounds`` rounds warms up and times ``first`` back to back, then does the
-    same for ``second``. Back-to-back calls are how a framework runs in training: one
-    framework at a time, its own thread pools warm. (Strict alternation, call by call,
-    charges each framework for the other's still-spinning worker threads and flattered
-    minicnn by up to 1.5x on the large convolutions; see docs/benchmarks.md.) Rounds
-    spread slow drifts in machine load over both.
+    Each of ``rounds`` rounds waits ``settle`` seconds, warms up and times ``first`` back to
+    back, then does the same for ``second``. Back-to-back calls are how a framework runs in
+    training: one framework at a time, its own thread pools warm. The pause before each
+    block lets the other framework's idle workers stop spinning first: OpenBLAS's spin for
+    up to ~0.1 s after a GEMM (``OPENBLAS_THREAD_TIMEOUT``), torch's OpenMP workers for a
+    while too, and on 2 cores a spinning pool slows whoever runs next (torch's L2 measured
+    2.8-3.4 ms after a pause, 6.6-8.8 ms right after minicnn's block; see docs/benchmarks.md).
+    (Strict alternation, call by call, charged each framework for the other's spinning
+    threads on every call.) Rounds spread slow drifts in machine load over both.
     """
     times_first, times_second = [], []
     per_round = max(1, repeats // rounds)
@@ -45,6 +52,7 @@ def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3
     per_round = max(per_round, min(50, int(0.15 / max(_seconds(first), _seconds(second), 1e-4))))
     for _ in range(rounds):
         for fn, times in ((first, times_first), (second, times_second)):
+            time.sleep(settle)
             for _ in range(warmup):
                 fn()
             for _ in range(per_round):
