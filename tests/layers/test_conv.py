@@ -408,9 +408,11 @@ def test_results_never_live_in_scratch_memory(factory, x_shape, monkeypatch):
 
 
 def test_kept_columns_reuse_their_memory_only_where_they_fit():
-    """A training forward keeps its im2col columns for backward and the next training forward
-    writes its columns into them (no fresh pages). Every step must still equal a fresh layer's,
-    when the batch size, the input or the mode changes between steps."""
+    """A training forward keeps its im2col columns for backward, backward writes the columns'
+    gradient into them once the weight gradient is done, and the next training forward writes
+    its columns there again (no fresh pages). Every step must still equal a fresh layer's,
+    when the batch size, the input or the mode changes between steps, and a second backward
+    must not see the spent columns."""
     layer = Conv2D(4, 5, padding=1, in_channels=3, dtype=np.float64)  # padding: zeros rewritten too
     fresh = Conv2D(4, 5, padding=1, in_channels=3, dtype=np.float64)
     fresh.load_state_dict(layer.state_dict())
@@ -425,7 +427,9 @@ def test_kept_columns_reuse_their_memory_only_where_they_fit():
         np.testing.assert_array_equal(dx, expected[1])
         for key in grads:
             np.testing.assert_array_equal(grads[key], expected[2][key])
-        cols = layer._cache_cols[0] if layer._cache_cols else None
+        cols = layer._spare_cols[0] if training else None  # backward spent them on dcols
+        np.testing.assert_array_equal(layer.backward(dy), dx)  # again: columns recomputed
+        np.testing.assert_array_equal(layer.grads["weight"], expected[2]["weight"])
         if step == 1:
             assert cols is kept, "the same shape should reuse the last step's columns"
         if step == 2:
