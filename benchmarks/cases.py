@@ -59,7 +59,14 @@ def _layer_pair(layer, module, x_shape, seed=0):
         module.zero_grad(set_to_none=True)
         module(tx).backward(tdy)
 
+    run_minicnn.release = lambda: _drop_caches(layer)
     return run_minicnn, run_torch
+
+
+def _drop_caches(model):
+    """Forget what every layer keeps from its last call (the memory phase counts it as needed)."""
+    for layer in model.layers_recursive():
+        layer._clear_cache()
 
 
 def _conv_case(name, n, c_in, h, w, c_out, k, pad, **targets):
@@ -139,6 +146,7 @@ def _training_step_case(label, factory, batch, sample_shape, **targets):
             torch.nn.functional.cross_entropy(module(tx), ty).backward()
             topt.step()
 
+        run_minicnn.release = lambda: _drop_caches(model)
         return run_minicnn, run_torch
     return Case(f"{label} train step b{batch} {'x'.join(map(str, sample_shape))}", build, **targets)
 

@@ -111,7 +111,10 @@ def _status_bytes(field: str) -> int:
 
 
 def peak_memory(fn, repeats: int = 3) -> float | None:
-    """MiB the process's resident set grew to above its level before ``fn()`` (smallest of repeats)."""
+    """MiB the process's resident set grew to above its level before ``fn()`` (smallest of repeats).
+
+    ``fn.release()``, if ``fn`` has it, runs before each measured call: it drops what the
+    measured code keeps between calls for reuse (minicnn's im2col columns), so it counts."""
     if not memory_supported():
         return None
     _configure_malloc()
@@ -121,6 +124,7 @@ def peak_memory(fn, repeats: int = 3) -> float | None:
     peaks = []
     for _ in range(repeats):
         release_scratch()  # minicnn's reusable scratch buffers count as memory the call needs
+        getattr(fn, "release", lambda: None)()  # ... and so do buffers a layer keeps between calls
         gc.collect()
         _libc.malloc_trim(0)  # free heap memory left over from the timing phase goes back to the OS
         with open("/proc/self/clear_refs", "w") as refs:

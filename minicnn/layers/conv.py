@@ -382,8 +382,8 @@ class Conv2D(_ConvLayer):
         x = self._prepare(x)
         pads, out_hw = self._geometry(*x.shape[2:])
         weight = self.params["weight"]
-        old_cols = getattr(self, "_cache_cols", None) or getattr(self, "_spare_cols", None)
-        self._cache_pads, self._cache_cols, self._spare_cols = pads, None, None
+        old_cols = getattr(self, "_cache_cols", None) or getattr(self, "_cache_spare_cols", None)
+        self._cache_pads, self._cache_cols, self._cache_spare_cols = pads, None, None
         if _is_pointwise(self.kernel_size, self.stride, pads):
             y, _ = _conv_forward(x, weight, self.stride, pads, self.dilation)
             return self._finish_forward(x, y, training)
@@ -415,7 +415,7 @@ class Conv2D(_ConvLayer):
         if self.skip_input_grad:
             return None
         if cols:  # spent: their memory takes dcols, and a second backward recomputes them
-            self._cache_cols, self._spare_cols = None, cols
+            self._cache_cols, self._cache_spare_cols = None, cols
         return _conv_input_grad_gemm(dy2, weight, x.shape, self.stride, pads, self.dilation, spent_cols=cols)
 
     def output_shape(self, input_shape) -> tuple:

@@ -427,7 +427,7 @@ def test_kept_columns_reuse_their_memory_only_where_they_fit():
         np.testing.assert_array_equal(dx, expected[1])
         for key in grads:
             np.testing.assert_array_equal(grads[key], expected[2][key])
-        cols = layer._spare_cols[0] if training else None  # backward spent them on dcols
+        cols = layer._cache_spare_cols[0] if training else None  # backward spent them on dcols
         np.testing.assert_array_equal(layer.backward(dy), dx)  # again: columns recomputed
         np.testing.assert_array_equal(layer.grads["weight"], expected[2]["weight"])
         if step == 1:
