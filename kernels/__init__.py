@@ -53,8 +53,8 @@ def avgpool_backward(dy, x_shape, kernel, stride, padding):
     return _impl(dy).avgpool_backward(dy, x_shape, kernel, stride, padding)
 
 
-def depthwise_forward(x, weight, stride, padding, dilation=(1, 1)):
-    return _impl(x).depthwise_forward(x, weight, stride, padding, dilation)
+def depthwise_forward(x, weight, stride, padding, dilation=(1, 1), bias=None):
+    return _impl(x).depthwise_forward(x, weight, stride, padding, dilation, bias)
 
 
 def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):

@@ -363,7 +363,7 @@ def avgpool_backward(dy, x_shape, kernel, stride, padding):
 # Direct loops, no im2col: a depthwise conv does only kh*kw multiply-adds per
 # output, so it is memory-bound and unfolding would multiply the traffic by kh*kw.
 @_kernel()
-def _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw):
+def _depthwise_forward(x, weight, bias, y, m, kh, kw, sh, sw, pt, pl, dh, dw):
     n, c, h, w = x.shape
     ho, wo = y.shape[2], y.shape[3]
     xf, yf = x.reshape(-1), y.reshape(-1)
@@ -371,7 +371,7 @@ def _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw):
         b, ch = plane // c, plane % c
         for f in range(ch * m, ch * m + m):
             out = (b * c * m + f) * ho * wo
-            yf[out:out + ho * wo] = 0
+            yf[out:out + ho * wo] = bias[f]  # the bias first: no pass of its own
             # Tap by tap: each pass adds w[i, j] * (shifted input rows) to the
             # output plane, a unit-stride loop over ow that LLVM vectorises.
             for i in range(kh):
@@ -383,12 +383,16 @@ def _depthwise_forward(x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw):
                     for oh in range(oh_lo, oh_hi):
                         src = (plane * h + oh * sh + i * dh - pt) * w + iw0
                         dst = out + oh * wo
-                        for ow in range(ow_lo, ow_hi):
-                            yf[_unsigned(dst + ow)] += wij * xf[_unsigned(src + ow * sw)]
+                        if sw == 1:  # unit stride spelled out: LLVM vectorises it
+                            for ow in range(ow_lo, ow_hi):
+                                yf[_unsigned(dst + ow)] += wij * xf[_unsigned(src + ow)]
+                        else:
+                            for ow in range(ow_lo, ow_hi):
+                                yf[_unsigned(dst + ow)] += wij * xf[_unsigned(src + ow * sw)]
 
 
 @_kernel(fastmath={"reassoc", "contract"})
-def _depthwise_backward(dy, x, weight, dx, dweight_partial, m, kh, kw, sh, sw, pt, pl, dh, dw):
+def _depthwise_backward(dy, x, weight, dx, dweight_partial, dbias_partial, m, kh, kw, sh, sw, pt, pl, dh, dw):
     n, c, h, w = x.shape
     ho, wo = dy.shape[2], dy.shape[3]
     dyf, xf, dxf = dy.reshape(-1), x.reshape(-1), dx.reshape(-1)
@@ -396,29 +400,42 @@ def _depthwise_backward(dy, x, weight, dx, dweight_partial, m, kh, kw, sh, sw, p
     # this iteration alone; the caller sums the partial weight grads over n.
     for plane in prange(n * c):
         b, ch = plane // c, plane % c
+        # The weight gradient's products are summed elementwise along a row (a vector FMA,
+        # no horizontal sum per row) and the row of sums is added up once per tap.
+        row_sums = np.empty(wo, dtype=dy.dtype)
         for f in range(ch * m, ch * m + m):
             grad = (b * c * m + f) * ho * wo
+            total = dyf[0] * 0  # the bias gradient's share of this plane, while it is in cache
+            for k in range(ho * wo):
+                total += dyf[_unsigned(grad + k)]
+            dbias_partial[b, f] = total
             for i in range(kh):
                 oh_lo, oh_hi = _valid_range(i * dh - pt, sh, h, ho)
                 for j in range(kw):
                     iw0 = j * dw - pl
                     ow_lo, ow_hi = _valid_range(iw0, sw, w, wo)
                     wij = weight[f, 0, i, j]
-                    acc = dyf[0] * 0
+                    row_sums[:] = 0
                     for oh in range(oh_lo, oh_hi):
                         pix = (plane * h + oh * sh + i * dh - pt) * w + iw0
                         src = grad + oh * wo
-                        # Two loops, not one: each alone vectorises (the dot
-                        # product thanks to fastmath's reassociation).
-                        for ow in range(ow_lo, ow_hi):
-                            dxf[_unsigned(pix + ow * sw)] += wij * dyf[_unsigned(src + ow)]
-                        for ow in range(ow_lo, ow_hi):
-                            acc += dyf[_unsigned(src + ow)] * xf[_unsigned(pix + ow * sw)]
-                    dweight_partial[b, f, i, j] = acc
+                        # Two loops, not one: each alone vectorises. Unit stride spelled
+                        # out: LLVM vectorises that case only.
+                        if sw == 1:
+                            for ow in range(ow_lo, ow_hi):
+                                dxf[_unsigned(pix + ow)] += wij * dyf[_unsigned(src + ow)]
+                            for ow in range(ow_lo, ow_hi):
+                                row_sums[_unsigned(ow)] += dyf[_unsigned(src + ow)] * xf[_unsigned(pix + ow)]
+                        else:
+                            for ow in range(ow_lo, ow_hi):
+                                dxf[_unsigned(pix + ow * sw)] += wij * dyf[_unsigned(src + ow)]
+                            for ow in range(ow_lo, ow_hi):
+                                row_sums[_unsigned(ow)] += dyf[_unsigned(src + ow)] * xf[_unsigned(pix + ow * sw)]
+                    dweight_partial[b, f, i, j] = row_sums.sum()
 
 
-def depthwise_forward(x, weight, stride, padding, dilation=(1, 1)):
-    """Each input channel convolved with its own ``m`` filters (torch ``groups=C``)."""
+def depthwise_forward(x, weight, stride, padding, dilation=(1, 1), bias=None):
+    """Each input channel convolved with its own ``m`` filters (torch ``groups=C``), plus ``bias``."""
     x = _as_float_array(x, "x")
     weight = np.ascontiguousarray(weight, dtype=x.dtype)
     n, c = x.shape[:2]
@@ -427,13 +444,16 @@ def depthwise_forward(x, weight, stride, padding, dilation=(1, 1)):
     m, kernel = weight.shape[0] // c, weight.shape[2:]
     kh, kw, sh, sw, pt, pl, dh, dw = _geometry(kernel, stride, padding, dilation)
     ho, wo = output_hw(x.shape, kernel, stride, padding, dilation)
+    bias = np.zeros(c * m, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    if bias.shape != (c * m,):
+        raise ValueError(f"depthwise_forward expected bias of shape {(c * m,)}, got {bias.shape}")
     y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
-    _depthwise_forward(y.nbytes * kh * kw, x, weight, y, m, kh, kw, sh, sw, pt, pl, dh, dw)
+    _depthwise_forward(y.nbytes * kh * kw, x, weight, bias, y, m, kh, kw, sh, sw, pt, pl, dh, dw)
     return y
 
 
 def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
-    """Returns ``(dx, dweight)`` for ``depthwise_forward``."""
+    """Returns ``(dx, dweight, dbias)`` for ``depthwise_forward``."""
     dy = _as_float_array(dy, "dy")
     x = np.ascontiguousarray(x, dtype=dy.dtype)
     weight = np.ascontiguousarray(weight, dtype=dy.dtype)
@@ -444,9 +464,10 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
         raise ValueError(f"depthwise_backward got dy of shape {dy.shape} "
                          f"for x {x.shape}, weight {weight.shape}")
     dx = np.zeros(x.shape, dtype=dy.dtype)
-    partial = np.empty((n, c * m, kh, kw), dtype=dy.dtype)
-    _depthwise_backward(dy.nbytes * kh * kw, dy, x, weight, dx, partial, m, kh, kw, sh, sw, pt, pl, dh, dw)
-    return dx, partial.sum(axis=0).reshape(weight.shape)
+    partial, bias_partial = np.empty((n, c * m, kh, kw), dtype=dy.dtype), np.empty((n, c * m), dtype=dy.dtype)
+    _depthwise_backward(dy.nbytes * kh * kw, dy, x, weight, dx, partial, bias_partial,
+                        m, kh, kw, sh, sw, pt, pl, dh, dw)
+    return dx, partial.sum(axis=0).reshape(weight.shape), bias_partial.sum(axis=0)
 
 
 # ---------------------------------------------------------------- batch normalisation (training)

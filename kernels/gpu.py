@@ -125,7 +125,7 @@ def avgpool_backward(dy, x_shape, kernel, stride, padding):
     return dx
 
 
-def depthwise_forward(x, weight, stride, padding, dilation):
+def depthwise_forward(x, weight, stride, padding, dilation, bias=None):
     x, weight = _contiguous(x), _contiguous(weight)
     n, c, h, w = x.shape
     m, (kh, kw) = weight.shape[0] // c, weight.shape[2:]
@@ -134,6 +134,8 @@ def depthwise_forward(x, weight, stride, padding, dilation):
     y = _xp().empty((n, c * m, ho, wo), dtype=x.dtype)
     _launch("depthwise_forward", y.size, x.dtype, x, weight, y, n, c, h, w, m, kh, kw,
             sh, sw, pt, pl, dh, dw, ho, wo)
+    if bias is not None:
+        y += bias[:, None, None]
     return y
 
 
@@ -148,7 +150,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation):
     _launch("depthwise_backward_input", dx.size, dy.dtype, dy, weight, dx, *geometry)
     partial = _xp().empty((n,) + tuple(weight.shape), dtype=dy.dtype)
     _launch("depthwise_backward_weight", partial.size, dy.dtype, dy, x, partial, *geometry)
-    return dx, partial.sum(axis=0)
+    return dx, partial.sum(axis=0), dy.sum(axis=(0, 2, 3))
 
 
 # The conv epilogue and its adjoint are CuPy array code: a transpose, a broadcast add and a

@@ -127,22 +127,22 @@ def avgpool_backward(dy, x_shape, kernel, stride, padding):
     return _add_windows(dwin, x_shape, kernel, stride, padding, (1, 1))
 
 
-def depthwise_forward(x, weight, stride, padding, dilation):
-    """Each input channel convolved with its own ``m`` filters (torch ``groups=C``).
+def depthwise_forward(x, weight, stride, padding, dilation, bias=None):
+    """Each input channel convolved with its own ``m`` filters (torch ``groups=C``), plus ``bias``.
 
     ``weight`` is ``(C*m, 1, kh, kw)``; output channel ``c*m + j`` is input channel
-    ``c`` convolved with filter ``c*m + j``.
+    ``c`` convolved with filter ``c*m + j``; ``bias`` (C*m,) or None.
     """
     n, c = x.shape[:2]
     kh, kw = weight.shape[2:]
     m = weight.shape[0] // c
     win = _windows(x, (kh, kw), stride, padding, dilation)
-    y = np.einsum("nchwkl,cmkl->ncmhw", win, weight.reshape(c, m, kh, kw))
-    return y.reshape(n, c * m, *win.shape[2:4])
+    y = np.einsum("nchwkl,cmkl->ncmhw", win, weight.reshape(c, m, kh, kw)).reshape(n, c * m, *win.shape[2:4])
+    return y if bias is None else y + bias[:, None, None]
 
 
 def depthwise_backward(dy, x, weight, stride, padding, dilation):
-    """Returns ``(dx, dweight)`` for ``depthwise_forward``."""
+    """Returns ``(dx, dweight, dbias)`` for ``depthwise_forward`` (``dbias`` sums ``dy`` per channel)."""
     n, c = x.shape[:2]
     kh, kw = weight.shape[2:]
     m = weight.shape[0] // c
@@ -151,7 +151,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation):
     dweight = np.einsum("ncmhw,nchwkl->cmkl", dy5, win).reshape(weight.shape)
     dwin = np.einsum("ncmhw,cmkl->nchwkl", dy5, weight.reshape(c, m, kh, kw))
     dx = _add_windows(dwin, x.shape, (kh, kw), stride, padding, dilation)
-    return dx, dweight
+    return dx, dweight, dy.sum(axis=(0, 2, 3))
 
 
 def _per_channel(x):

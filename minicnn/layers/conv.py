@@ -271,17 +271,19 @@ class _ConvLayer(Layer):
         return pads, (conv_output_size(h, kh, sh, pads[0] + pads[1], dh),
                       conv_output_size(w, kw, sw, pads[2] + pads[3], dw))
 
-    def _finish_forward(self, x, y, training):
-        """Add the bias, cache the input and output shape, apply the activation."""
-        if self.use_bias:
+    def _finish_forward(self, x, y, training, biased: bool = False):
+        """Add the bias (unless the kernel did: ``biased``), cache the input and output shape,
+        apply the activation."""
+        if self.use_bias and not biased:
             y += self.params["bias"][:, None, None]
         self._cache_x, self._cache_y_shape = x, y.shape
         return self.activation.forward(y, training)
 
-    def _start_backward(self, dy):
-        """Check ``dy``, go back through the activation, and fill the bias gradient."""
+    def _start_backward(self, dy, bias_grad: bool = True):
+        """Check ``dy``, go back through the activation, and fill the bias gradient (unless
+        the caller's kernel sums it: ``bias_grad=False``)."""
         dy = self.activation.backward(self._check_dy(dy))
-        if self.use_bias:
+        if self.use_bias and bias_grad:
             self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))
         return dy
 
@@ -465,15 +467,18 @@ class DepthwiseConv2D(_ConvLayer):
     def forward(self, x, training=False):
         x = self._prepare(x)
         pads, _ = self._geometry(*x.shape[2:])
-        y = kernels.depthwise_forward(x, self.params["weight"], self.stride, pads, self.dilation)
+        y = kernels.depthwise_forward(x, self.params["weight"], self.stride, pads, self.dilation,
+                                      bias=self.params.get("bias"))  # the kernel adds the bias
         self._cache_pads = pads
-        return self._finish_forward(x, y, training)
+        return self._finish_forward(x, y, training, biased=True)
 
     def backward(self, dy):
-        dy = self._start_backward(dy)
-        dx, dweight = kernels.depthwise_backward(dy, self._cache_x, self.params["weight"],
-                                                 self.stride, self._cache_pads, self.dilation)
+        dy = self._start_backward(dy, bias_grad=False)  # the kernel sums it
+        dx, dweight, dbias = kernels.depthwise_backward(dy, self._cache_x, self.params["weight"],
+                                                        self.stride, self._cache_pads, self.dilation)
         self.grads["weight"][...] = dweight
+        if self.use_bias:
+            self.grads["bias"][...] = dbias
         return None if self.skip_input_grad else dx
 
     def output_shape(self, input_shape) -> tuple:
@@ -532,8 +537,8 @@ class SeparableConv2D(_ConvLayer):
         z, pointwise = self._cache_z, self.params["pointwise_weight"]
         self.grads["pointwise_weight"][...] = _conv_weight_grad(dy, z, pointwise.shape, _UNIT, _NO_PAD, _UNIT)
         dz = _conv_input_grad(dy, pointwise, z.shape, _UNIT, _NO_PAD, _UNIT)
-        dx, ddepthwise = kernels.depthwise_backward(dz, self._cache_x, self.params["depthwise_weight"],
-                                                    self.stride, self._cache_pads, self.dilation)
+        dx, ddepthwise, _ = kernels.depthwise_backward(dz, self._cache_x, self.params["depthwise_weight"],
+                                                       self.stride, self._cache_pads, self.dilation)
         self.grads["depthwise_weight"][...] = ddepthwise
         return None if self.skip_input_grad else dx
 

@@ -128,13 +128,17 @@ def test_depthwise_matches_reference(emulated_gpu, shape, kernel, stride, paddin
     rng = np.random.default_rng(4)
     x = rng.standard_normal(shape).astype(dtype)
     weight = rng.standard_normal((shape[1] * multiplier, 1) + kernel).astype(dtype)
+    bias = rng.standard_normal(weight.shape[0]).astype(dtype)
     y = emulated_gpu.depthwise_forward(x, weight, stride, padding, dilation)
     _close(y, reference.depthwise_forward(x, weight, stride, padding, dilation), dtype)
+    _close(emulated_gpu.depthwise_forward(x, weight, stride, padding, dilation, bias=bias),
+           reference.depthwise_forward(x, weight, stride, padding, dilation, bias=bias), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dweight = emulated_gpu.depthwise_backward(dy, x, weight, stride, padding, dilation)
-    dx_ref, dweight_ref = reference.depthwise_backward(dy, x, weight, stride, padding, dilation)
+    dx, dweight, dbias = emulated_gpu.depthwise_backward(dy, x, weight, stride, padding, dilation)
+    dx_ref, dweight_ref, dbias_ref = reference.depthwise_backward(dy, x, weight, stride, padding, dilation)
     _close(dx, dx_ref, dtype)
     _close(dweight, dweight_ref, dtype)
+    _close(dbias, dbias_ref, dtype)
 
 
 @pytest.mark.parametrize("ctype", ["float", "double"])

@@ -104,13 +104,17 @@ def test_depthwise_matches_reference(case, dtype):
     multiplier = 1 + shape[2] % 2  # exercises depth multipliers 1 and 2
     x = rng.standard_normal(shape).astype(dtype)
     weight = rng.standard_normal((shape[1] * multiplier, 1) + kernel).astype(dtype)
+    bias = rng.standard_normal(weight.shape[0]).astype(dtype)
     y = cpu.depthwise_forward(x, weight, stride, padding, dilation)
     _close(y, reference.depthwise_forward(x, weight, stride, padding, dilation), dtype)
+    _close(cpu.depthwise_forward(x, weight, stride, padding, dilation, bias=bias),
+           reference.depthwise_forward(x, weight, stride, padding, dilation, bias=bias), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dweight = cpu.depthwise_backward(dy, x, weight, stride, padding, dilation)
-    ref_dx, ref_dweight = reference.depthwise_backward(dy, x, weight, stride, padding, dilation)
+    dx, dweight, dbias = cpu.depthwise_backward(dy, x, weight, stride, padding, dilation)
+    ref_dx, ref_dweight, ref_dbias = reference.depthwise_backward(dy, x, weight, stride, padding, dilation)
     _close(dx, ref_dx, dtype)
     _close(dweight, ref_dweight, dtype)
+    _close(dbias, ref_dbias, dtype)
 
 
 @pytest.mark.parametrize("case,dtype", POOL_PARAMS)
