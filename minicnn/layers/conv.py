@@ -165,8 +165,9 @@ def _conv_input_grad_gemm(dy2, weight, x_shape, stride, pads, dilation, spent_co
     dx = xp.empty(x_shape, dtype=dy2.dtype)
     for part in chunks:  # the columns' gradient of each block in the scratch buffer "cols"
         shape = (w2d.shape[1], (part.stop - part.start) * hw)
-        dcols = spent_cols[0] if spent_cols and spent_cols[0].shape == shape else \
-            scratch("cols", shape, dy2.dtype, like=dy2)
+        spent = spent_cols[0] if spent_cols else None
+        fits = spent is not None and spent.shape == shape and spent.dtype == dy2.dtype
+        dcols = spent if fits else scratch("cols", shape, dy2.dtype, like=dy2)
         xp.matmul(w2d.T, dy2[:, _columns(part, hw)], out=dcols)
         dx[part] = kernels.col2im(dcols, dx[part].shape, kernel, stride, pads, dilation)
     return dx
@@ -363,7 +364,9 @@ class Conv2D(_ConvLayer):
     Large batches are processed in chunks of samples so the im2col columns stay within
     ``minicnn.backend.get_workspace_limit()`` bytes. Forward in training keeps the
     columns for backward when the whole batch fits in one chunk; otherwise backward
-    recomputes them chunk by chunk. With ``skip_input_grad`` set (a model's first
+    recomputes them chunk by chunk. Kept columns are written over once spent (backward
+    puts the columns' gradient there, the next training forward its columns), so a
+    training loop does not fault in fresh memory for them every step. With ``skip_input_grad`` set (a model's first
     layer) backward fills the gradients but skips ``dx`` and returns ``None``.
     """
 
