@@ -16,7 +16,7 @@ __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "winograd_pays", "output_hw", "reference", "cpu", "winograd",
+    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "winograd_pays", "output_hw", "reference", "cpu", "winograd",
 ]
 
 output_hw = reference.output_hw
@@ -75,6 +75,10 @@ def conv_epilogue(z2, bias, out_shape, relu):
 
 def conv_epilogue_backward(dy, relu_output=None, out=None):
     return _impl(dy).conv_epilogue_backward(dy, relu_output, out)
+
+
+def matmul_nt(a, b):
+    return _impl(a).matmul_nt(a, b)
 
 
 # Winograd F(2x2, 3x3) (``winograd.py``, called as ``kernels.winograd.conv3x3`` etc.): CPU only,

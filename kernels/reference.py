@@ -22,7 +22,7 @@ __all__ = [
     "output_hw", "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward",
+    "conv_epilogue", "conv_epilogue_backward", "matmul_nt",
 ]
 
 
@@ -221,3 +221,9 @@ def conv_epilogue_backward(dy, relu_output=None, out=None):
     dz = dy if relu_output is None else dy * (relu_output > 0)
     dz2 = np.ascontiguousarray(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)
     return _into(out, dz2), dz.sum(axis=(0, 2, 3))
+
+
+def matmul_nt(a, b):
+    """``a @ b.T`` for ``a`` (M, K) and ``b`` (N, K): a convolution's weight gradient
+    ``dY2 @ cols.T``. (The CPU version only works around a slow BLAS case.)"""
+    return a @ b.T

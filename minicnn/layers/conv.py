@@ -148,7 +148,8 @@ def _conv_weight_grad_gemm(dy2, x, weight_shape, stride, pads, dilation, cols=No
     chunks = _batch_chunks(n, rows * hw * dy2.itemsize)
     if cols is None:
         cols = (_block_im2col(x, part, kernel, stride, pads, dilation, rows, hw) for part in chunks)
-    return sum(dy2[:, _columns(part, hw)] @ block.T for part, block in zip(chunks, cols)).reshape(weight_shape)
+    return sum(kernels.matmul_nt(dy2[:, _columns(part, hw)], block)
+               for part, block in zip(chunks, cols)).reshape(weight_shape)
 
 
 def _conv_input_grad_gemm(dy2, weight, x_shape, stride, pads, dilation, spent_cols=None):

@@ -339,3 +339,22 @@ def test_conv_epilogue_rejects_wrong_shapes():
         cpu.conv_epilogue(np.zeros((3, 10), np.float32), None, (2, 3, 2, 2), True)
     with pytest.raises(ValueError, match="expected relu_output of shape"):
         cpu.conv_epilogue_backward(np.zeros((2, 3, 2, 2), np.float32), np.zeros((2, 3, 2, 1), np.float32))
+
+
+@pytest.mark.parametrize("rows", range(1, 10))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_nt_equals_the_float64_product(rows, dtype):
+    """``matmul_nt(a, b) == a @ b.T``; float32 with 5-7 rows goes through an 8-row buffer
+    (a BLAS slow path), which must not change a value or leak into a later call."""
+    rng = np.random.default_rng(rows)
+    a_full = rng.standard_normal((rows, 2 * 301)).astype(dtype)
+    a, b = a_full[:, ::2], rng.standard_normal((7, 301)).astype(dtype)  # a: strided columns
+    expected = a.astype(np.float64) @ b.astype(np.float64).T
+    for impl in (cpu, reference):
+        result = impl.matmul_nt(a, b)
+        assert result.shape == (rows, 7) and result.dtype == dtype
+        _close(result, expected, dtype)
+    first = cpu.matmul_nt(a, b)
+    cpu.matmul_nt(np.full((6, 301), np.nan, dtype), b)  # reuses the buffer with other data
+    np.testing.assert_array_equal(first, cpu.matmul_nt(a, b))
+    assert np.isfinite(first).all()
