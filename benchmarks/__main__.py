@@ -13,7 +13,7 @@ import minicnn
 from minicnn import threads
 
 from . import cases as case_list
-from .harness import peak_memory, sgemm_ceiling, time_pair
+from .harness import SETTLE_SECONDS, peak_memory, sgemm_ceiling, time_pair
 from .report import format_table, plot_ratios, to_json
 
 
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     info = threads.describe()
     meta = {"threads": threads.get_num_threads(), "numba_threading_layer": info["numba_threading_layer"],
             "blas_threads": info["blas_threads"], "torch_threads": torch.get_num_threads(),
-            "sgemm_gflops": ceiling, "repeats": repeats, "python": platform.python_version(),
+            "sgemm_gflops": ceiling, "repeats": repeats, "settle_seconds": SETTLE_SECONDS, "python": platform.python_version(),
             "numpy": __import__("numpy").__version__, "numba": __import__("numba").__version__,
             "torch": torch.__version__, "minicnn": minicnn.__version__, "machine": platform.processor()}
     selected = [c for c in case_list.all_cases(args.quick) if not args.only or args.only in c.name]

@@ -27,7 +27,8 @@ def format_table(rows: list[dict], meta: dict) -> str:
     header = (f"{'case':<46} {'minicnn ms':>10} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8} "
               f"{'%sgemm':>6} {'mem MiB':>8} {'torch MiB':>9}  targets")
     lines = [f"threads={meta['threads']} numba layer={meta['numba_threading_layer']} "
-             f"sgemm ceiling={ceiling:.0f} GFLOP/s  (medians of >= {meta['repeats']} calls in interleaved blocks)",
+             f"sgemm ceiling={ceiling:.0f} GFLOP/s  (medians of >= {meta['repeats']} calls in interleaved blocks, "
+             f"{meta.get('settle_seconds', 0):g} s pause before each)",
              header, "-" * len(header)]
     for row in rows:
         if row.get("error"):
