@@ -41,7 +41,7 @@ def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3
     block lets the other framework's idle workers stop spinning first: OpenBLAS's spin for
     up to ~0.1 s after a GEMM (``OPENBLAS_THREAD_TIMEOUT``), torch's OpenMP workers for a
     while too, and on 2 cores a spinning pool slows whoever runs next (torch's L2 measured
-    2.8-3.4 ms after a pause, 6.6-8.8 ms right after minicnn's block; see docs/benchmarks.md).
+    2.8-3.9 ms after a pause, 6.6-8.8 ms right after minicnn's block; see docs/benchmarks.md).
     (Strict alternation, call by call, charged each framework for the other's spinning
     threads on every call.) Rounds spread slow drifts in machine load over both.
     """

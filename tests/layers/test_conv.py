@@ -435,6 +435,15 @@ def test_kept_columns_reuse_their_memory_only_where_they_fit():
         if step == 2:
             assert cols is not kept and cols.shape[1] == 3 * 49, "a new batch size needs new columns"
         kept = cols
+    # A new dtype must not write float32 columns into the float64 ones kept from the last step.
+    layer.astype(np.float32)
+    fresh.astype(np.float32)
+    x, dy = _input((2, 3, 9, 9), np.float32, seed=20), _input((2, 4, 7, 7), np.float32, seed=21)
+    y, dx, grads = _run(layer, x, dy, True)
+    expected = _run(fresh, x, dy, True)
+    np.testing.assert_array_equal(y, expected[0])
+    np.testing.assert_array_equal(dx, expected[1])
+    assert layer._cache_spare_cols[0].dtype == np.float32
 
 
 def test_pointwise_fast_path_skips_im2col(monkeypatch):
