@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from minicnn.backend import is_cupy_array
 
-from . import cpu, reference, winograd
+from . import cpu, direct, reference, winograd
 
 __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "winograd_pays", "output_hw", "reference", "cpu", "winograd",
+    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "winograd_pays", "direct_pays", "output_hw", "reference", "cpu", "winograd", "direct",
 ]
 
 output_hw = reference.output_hw
@@ -103,3 +103,22 @@ def winograd_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
     return (not is_cupy_array(x) and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and work >= WINOGRAD_MIN_WORK
             and winograd.applies(weight_shape[2:], stride, padding, dilation))
 
+
+
+# Direct convolution (``direct.py``, called as ``kernels.direct.conv`` etc.): CPU only, for
+# stride-1 layers whose filters see few inputs, where im2col's columns (kh*kw times the input)
+# and 6-row GEMMs cost more than the arithmetic. ``direct_pays`` is the one place that decides.
+DIRECT_MAX_TAPS = 25
+"""At most this many taps per filter (``C_in * kh * kw``): LeNet-5's conv1 (1 x 5 x 5).
+Measured in docs/benchmarks.md."""
+
+
+def direct_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
+    """Should a convolution of ``x`` by a ``weight_shape`` filter run through ``direct.conv``?
+
+    Yes for NumPy input at stride 1 without dilation, pads at most ``k - 1``, and filters of
+    at most ``DIRECT_MAX_TAPS`` taps.
+    """
+    _, c_in, kh, kw = weight_shape
+    return (not is_cupy_array(x) and c_in * kh * kw <= DIRECT_MAX_TAPS
+            and direct.applies((kh, kw), stride, padding, dilation))

@@ -327,15 +327,18 @@ class _ConvLayer(Layer):
         self._cache_relu_y = y if relu else None
         return y if fused else self.activation.forward(y, training)
 
+    def _activation_backward(self, dy):
+        """Check ``dy`` and go back through an activation the kernels did not fuse (not ReLU)."""
+        dy = self._check_dy(dy)
+        return dy if self._cache_fused else self.activation.backward(dy)
+
     def _start_backward_gemm(self, dy):
         """``_start_backward`` returning the gradient of ``act``'s input in GEMM layout (C_out, N*Ho*Wo).
 
         ``kernels.conv_epilogue_backward`` applies ReLU's mask ``[y > 0]``, transposes and sums
         the bias gradient in one pass. The result lives in the scratch buffer ``"gemm"``.
         """
-        dy = self._check_dy(dy)
-        if not self._cache_fused:
-            dy = self.activation.backward(dy)
+        dy = self._activation_backward(dy)
         c = dy.shape[1]
         dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y,
                                                     out=scratch("gemm", (c, dy.size // c), dy.dtype, like=dy))
@@ -401,6 +404,10 @@ class Conv2D(_ConvLayer):
         if _is_pointwise(self.kernel_size, self.stride, pads):
             y, _ = _conv_forward(x, weight, self.stride, pads, self.dilation)
             return self._finish_forward(x, y, training)
+        self._cache_direct = kernels.direct_pays(x, weight.shape, self.stride, pads, self.dilation)
+        if self._cache_direct:  # few taps per filter (LeNet-5's conv1): no columns at all
+            y = kernels.direct.conv(x, weight, pads, self.params.get("bias"), self._relu_fused())
+            return self._finish_forward_fused(x, y, training)
         self._cache_winograd = kernels.winograd_pays(x, weight.shape, self.stride, pads, self.dilation)
         if self._cache_winograd:  # 3x3, stride 1: Winograd F(2x2, 3x3), bias and ReLU fused
             y = kernels.winograd.conv3x3(x, weight, pads, self.params.get("bias"), self._relu_fused())
@@ -417,6 +424,13 @@ class Conv2D(_ConvLayer):
             self.grads["weight"][...] = _conv_weight_grad(dy, x, weight.shape, self.stride, pads, self.dilation)
             return None if self.skip_input_grad else _conv_input_grad(dy, weight, x.shape, self.stride,
                                                                       pads, self.dilation)
+        if self._cache_direct:  # ReLU's mask and the bias gradient inside the kernel too
+            dx, dweight, dbias = kernels.direct.conv_backward(self._activation_backward(dy), x, weight, pads,
+                                                              self._cache_relu_y, not self.skip_input_grad)
+            self.grads["weight"][...] = dweight
+            if self.use_bias:
+                self.grads["bias"][...] = dbias
+            return dx
         dy2 = self._start_backward_gemm(dy)
         if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py)
             dz = scratch("dz", dy.shape, dy2.dtype, like=dy2)  # (N, C_out, Ho, Wo) again

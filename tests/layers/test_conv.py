@@ -166,6 +166,13 @@ CONV_CASES = [
     ((2, 16, 6, 7), dict(out_channels=16, kernel_size=3, padding=1, activation="relu")),
     ((2, 16, 5, 5), dict(out_channels=17, kernel_size=3, padding="same", bias=False)),
     ((1, 16, 6, 5), dict(out_channels=16, kernel_size=3, activation="tanh")),
+    # Stride 1 with at most kernels.DIRECT_MAX_TAPS (25) taps per filter runs the direct
+    # kernels (so do the 2-channel 3x3 cases above): LeNet-5's conv1, an even kernel with
+    # 'same' (pads 1 and 2) and an activation outside the kernel, a rectangular kernel with
+    # pads at k - 1 and no bias.
+    ((2, 1, 8, 7), dict(out_channels=6, kernel_size=5, padding=2, activation="relu")),
+    ((2, 1, 7, 6), dict(out_channels=2, kernel_size=4, padding="same", activation="tanh")),
+    ((1, 2, 5, 6), dict(out_channels=3, kernel_size=(3, 2), padding=(2, 1), bias=False)),
 ]
 
 DEPTHWISE_CASES = [
@@ -382,13 +389,40 @@ def test_winograd_path_is_taken_and_matches_im2col(monkeypatch, training):
         np.testing.assert_allclose(winograd[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kwargs", [dict(activation="relu"), dict(activation="tanh", bias=False), dict()],
+                         ids=["relu", "tanh-nobias", "linear"])
+def test_direct_path_is_taken_and_matches_im2col(monkeypatch, training, kwargs):
+    calls = []
+    original = kernels.direct.conv
+    monkeypatch.setattr(kernels.direct, "conv", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x, layer = _input((3, 1, 9, 8), np.float64), Conv2D(6, 5, padding=2, dtype=np.float64, **kwargs)
+    dy = _input((3, 6, 9, 8), np.float64, seed=2)
+    direct = _run(layer, x, dy, training)
+    assert calls == [1]
+    monkeypatch.setattr(kernels, "DIRECT_MAX_TAPS", 0)  # the same layer through im2col
+    im2col = _run(layer, x, dy, training)
+    assert calls == [1]
+    for a, b in zip(direct[:2], im2col[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for name in direct[2]:
+        np.testing.assert_allclose(direct[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
+    layer.skip_input_grad = True  # a first layer: the gradients, no dx
+    monkeypatch.setattr(kernels, "DIRECT_MAX_TAPS", 25)
+    layer.forward(x, training=training)
+    assert layer.backward(dy) is None and calls == [1, 1]
+    for name in direct[2]:
+        np.testing.assert_allclose(layer.grads[name], im2col[2][name], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("factory, x_shape", [
+    (lambda: Conv2D(4, 5, padding=2), (2, 1, 6, 6)),                        # direct
     (lambda: Conv2D(4, 3, padding=1), (1, 3, 6, 6)),                        # one block, N = 1
     (lambda: Conv2D(4, 3, stride=2), (5, 3, 9, 9)),                         # several blocks
     (lambda: Conv2D(16, 3, padding=1, activation="relu"), (2, 16, 6, 6)),   # Winograd
     (lambda: Conv2DTranspose(3, 3, stride=2, padding=1), (1, 4, 4, 4)),
     (lambda: Conv2DTranspose(3, 3, stride=2), (5, 4, 4, 4)),
-], ids=["conv-n1", "conv-blocks", "winograd", "transpose-n1", "transpose-blocks"])
+], ids=["direct", "conv-n1", "conv-blocks", "winograd", "transpose-n1", "transpose-blocks"])
 def test_results_never_live_in_scratch_memory(factory, x_shape, monkeypatch):
     """Layers keep temporaries in reusable scratch buffers (backend.scratch); what they
     return or cache must not be one: a second layer's calls would overwrite it."""
