@@ -34,6 +34,11 @@ Large 3x3 stride-1 convolutions on the CPU take a third road, Winograd's F(2x2, 
 pass and both gradients. ``kernels.winograd_pays`` decides (3x3, stride 1, pads <= 2, at
 least 16 channels in and out, a large enough batch); the im2col form above stays the
 definition the tests and the teaching start from.
+
+Stride-1 layers with few taps per filter (``C_in*kh*kw <= 25``, LeNet-5's first layer) take
+a fourth, the plainest: the sum above computed directly (``kernels/direct.py``), because
+their im2col columns (25 times the input) and 6-row GEMMs cost more than the arithmetic.
+``kernels.direct_pays`` decides.
 """
 from __future__ import annotations
 
@@ -370,7 +375,8 @@ class Conv2D(_ConvLayer):
     resolved per call because ``'same'`` depends on the input size.
 
     3x3 stride-1 layers with many channels run Winograd F(2x2, 3x3) instead (forward and
-    both gradients; see the module docstring), equal to the above up to rounding.
+    both gradients; see the module docstring), stride-1 layers with at most 25 taps per
+    filter a direct convolution; both equal the above up to rounding.
 
     Large batches are processed in chunks of samples so the im2col columns stay within
     ``minicnn.backend.get_workspace_limit()`` bytes. Forward in training keeps the
