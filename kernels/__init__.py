@@ -109,8 +109,9 @@ def winograd_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
 # stride-1 layers whose filters see few inputs, where im2col's columns (kh*kw times the input)
 # and 6-row GEMMs cost more than the arithmetic. ``direct_pays`` is the one place that decides.
 DIRECT_MAX_TAPS = 25
-"""At most this many taps per filter (``C_in * kh * kw``): LeNet-5's conv1 (1 x 5 x 5).
-Measured in docs/benchmarks.md."""
+"""At most this many taps per filter (``C_in * kh * kw``): LeNet-5's conv1 (1 x 5 x 5, step
+10-20 % faster). VGG-mini's first layer (3 x 3 x 3 = 27) measured the same either way, LeNet-5's
+conv2 (150) slower (docs/benchmarks.md)."""
 
 
 def direct_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:

@@ -34,7 +34,14 @@ Input gradient: a direct convolution of ``dz`` padded by ``k - 1 - pad`` with th
 flipped in both spatial axes and its channel axes swapped (as
 ``winograd.conv3x3_input_grad`` derives), so the forward core computes it too.
 
-Measured on LeNet-5's conv1 (batch 128, 2 cores): see ``docs/benchmarks.md``.
+Measured on LeNet-5's conv1 (batch 128, 2 cores; ``docs/benchmarks.md``): forward 0.7-0.8 ms
+against 1.5-2.5 for im2col + GEMM + epilogue, weight gradient 0.8-1.4 ms against 1.65-2.4, the
+training step 10-20 % faster. These loops reach about one vector FMA per cycle, a fifth of a
+core's peak, so BLAS wins once a filter has many taps (LeNet-5's conv2, 150 taps).
+
+One difference from im2col: the weight gradient multiplies the zeros of ``dz``'s garbage
+columns by real input pixels, so an Inf or NaN in ``x`` also turns taps NaN that an exact sum
+would leave finite (its forward output, and so the loss, is not finite either).
 """
 from __future__ import annotations
 
