@@ -106,14 +106,14 @@ def _add_row(acc, xf, start, length, wrow, first, beta):
 
 
 @njit(cache=True, inline="always")
-def _row_dots(g, xf, start, length, out):
-    """``out[q] = sum_j g[j] * xf[start + j + q]`` for each tap ``q`` of a filter row."""
+def _row_dots(grid, xf, start, length, out, zero):
+    """``out[q] = sum_j grid[j] * xf[start + j + q]`` for each tap ``q`` of a filter row;
+    ``zero`` is 0 in the data's dtype (float32 sums stay float32, and vectorise)."""
     kw = out.shape[0]
-    zero = g[0] - g[0]  # 0 in g's dtype: float32 sums stay float32 and vectorise
     if kw == 5:
         s0, s1, s2, s3, s4 = zero, zero, zero, zero, zero
         for j in range(length):
-            gj, s = g[j], start + j
+            gj, s = grid[j], start + j
             s0 += gj * xf[_unsigned(s)]
             s1 += gj * xf[_unsigned(s + 1)]
             s2 += gj * xf[_unsigned(s + 2)]
@@ -123,7 +123,7 @@ def _row_dots(g, xf, start, length, out):
     elif kw == 3:
         s0, s1, s2 = zero, zero, zero
         for j in range(length):
-            gj, s = g[j], start + j
+            gj, s = grid[j], start + j
             s0 += gj * xf[_unsigned(s)]
             s1 += gj * xf[_unsigned(s + 1)]
             s2 += gj * xf[_unsigned(s + 2)]
@@ -132,7 +132,7 @@ def _row_dots(g, xf, start, length, out):
         for q in range(kw):
             total = zero
             for j in range(length):
-                total += g[j] * xf[_unsigned(start + q + j)]
+                total += grid[j] * xf[_unsigned(start + q + j)]
             out[q] = total
 
 
@@ -172,19 +172,21 @@ def _weight_grad(dy, relu_output, relu, xf, plane, wp, dweight_partial, dbias_pa
     length = ho * wp
     dyf, mf = dy.reshape(-1), relu_output.reshape(-1)
     for b in prange(n):  # one sample each: its own partial sums
-        g = np.zeros(length, dtype=dy.dtype)  # dz's plane on the grid; garbage columns stay 0
+        grid = np.zeros(length, dtype=dy.dtype)  # dz's plane on the grid; garbage columns stay 0
+        zero = grid[0]
         for o in range(c_out):
             src, total = (b * c_out + o) * ho * wo, 0.0
             for i in range(ho):
                 for j in range(wo):
                     k = _unsigned(src + i * wo + j)
                     v = dyf[k] if not relu or mf[k] > 0 else 0  # ReLU's mask: NaN outputs pass nothing
-                    g[_unsigned(i * wp + j)] = v
+                    grid[_unsigned(i * wp + j)] = v
                     total += v
             dbias_partial[b, o] = total
             for c in range(c_in):
                 for p in range(kh):
-                    _row_dots(g, xf, (b * c_in + c) * plane + p * wp, length, dweight_partial[b, o, c, p])
+                    _row_dots(grid, xf, (b * c_in + c) * plane + p * wp, length, dweight_partial[b, o, c, p],
+                              zero)
 
 
 # ---------------------------------------------------------------- helpers

@@ -140,6 +140,21 @@ def test_nan_output_passes_no_gradient():
     assert dbias[0] == 15.0
 
 
+def test_an_infinite_gradient_gives_the_exact_infinities():
+    """An Inf in ``dy``'s first element: the taps that multiply it by a padding zero are NaN,
+    the others +-Inf, as in the im2col GEMM (sums that started from an Inf-derived "zero"
+    would be NaN everywhere), and the other channel does not notice."""
+    x, weight, _ = _data((2, 1, 6, 6), 2, (5, 5), np.float32, seed=6)
+    dy = np.random.default_rng(7).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    dy[0, 0, 0, 0] = np.inf
+    _, dweight, dbias = direct.conv_backward(dy, x, weight, (2, 2, 2, 2), input_grad=False)
+    with np.errstate(invalid="ignore"):  # Inf * 0 in the reference GEMM: the NaN is the point
+        _, expected, _ = _im2col_grads(dy, x, weight, (2, 2, 2, 2))
+    assert np.isnan(expected[0]).any() and np.isinf(expected[0]).any() and np.isfinite(expected[1]).all()
+    assert dbias[0] == np.inf
+    _assert_matches(dweight, expected.astype(np.float32), np.float32)  # NaN and Inf where expected
+
+
 def test_applies():
     assert direct.applies((5, 5), (1, 1), (2, 2, 2, 2), (1, 1))
     assert direct.applies((3, 1), (1, 1), (2, 0, 0, 0), (1, 1))
