@@ -73,8 +73,8 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return _impl(z2).conv_epilogue(z2, bias, out_shape, relu)
 
 
-def conv_epilogue_backward(dy, relu_output=None, out=None):
-    return _impl(dy).conv_epilogue_backward(dy, relu_output, out)
+def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
+    return _impl(dy).conv_epilogue_backward(dy, relu_output, out, gemm_layout)
 
 
 def matmul_nt(a, b):

@@ -593,13 +593,14 @@ def _conv_epilogue(z2, bias, y, relu):
 
 
 @_kernel(fastmath={"reassoc"})  # reassoc: a vectorised bias sum
-def _conv_epilogue_backward(dy, relu_output, dz2, dbias, relu):
+def _conv_epilogue_backward(dy, relu_output, dz2, dbias, relu, gemm_layout):
     n, c, hw = dy.shape
     dyf, mf, dzf = dy.reshape(-1), relu_output.reshape(-1), dz2.reshape(-1)
-    for ch in prange(c):  # one channel each: its row of dz2 and its bias gradient
+    for ch in prange(c):  # one channel each: its row (or planes) of dz2 and its bias gradient
         total = 0.0  # float64 accumulator
         for b in range(n):
-            src, dst = (b * c + ch) * hw, ch * n * hw + b * hw
+            src = (b * c + ch) * hw
+            dst = ch * n * hw + b * hw if gemm_layout else src
             if relu:
                 for k in range(hw):
                     g = dyf[_unsigned(src + k)] if mf[_unsigned(src + k)] > 0 else 0
@@ -626,19 +627,21 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return y
 
 
-def conv_epilogue_backward(dy, relu_output=None, out=None):
-    """``(dz2, dbias)``: ``dy * [y > 0]`` (or ``dy``) in GEMM layout (into ``out`` if given),
-    and its per-channel sum."""
+def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
+    """``(dz2, dbias)``: ``dy * [y > 0]`` (or ``dy``) in GEMM layout, or in ``dy``'s own
+    (N, C, Ho, Wo) with ``gemm_layout=False`` (into ``out`` if given), and its per-channel sum."""
     dy = _as_float_array(dy, "dy")
     relu = relu_output is not None
     mask = np.ascontiguousarray(relu_output, dtype=dy.dtype) if relu else dy
     if mask.shape != dy.shape:
         raise ValueError(f"conv_epilogue_backward expected relu_output of shape {dy.shape}, got {mask.shape}")
     n, c = dy.shape[:2]
-    check_out(out, (c, dy.size // c), dy.dtype, "conv_epilogue_backward")
-    dz2 = np.empty((c, dy.size // c), dtype=dy.dtype) if out is None else out
+    shape = (c, dy.size // c) if gemm_layout else dy.shape
+    check_out(out, shape, dy.dtype, "conv_epilogue_backward")
+    dz2 = np.empty(shape, dtype=dy.dtype) if out is None else out
     dbias = np.empty(c, dtype=dy.dtype)
-    _conv_epilogue_backward(dy.nbytes, dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu)
+    _conv_epilogue_backward(dy.nbytes, dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu,
+                            bool(gemm_layout))
     return dz2, dbias
 
 

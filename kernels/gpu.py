@@ -166,6 +166,7 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return y
 
 
-def conv_epilogue_backward(dy, relu_output=None, out=None):
+def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
     dz = dy if relu_output is None else dy * (relu_output > 0)
-    return _into(out, _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)), dz.sum(axis=(0, 2, 3))
+    dz2 = _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1) if gemm_layout else _contiguous(dz)
+    return _into(out, dz2), dz.sum(axis=(0, 2, 3))

@@ -211,14 +211,17 @@ def conv_epilogue(z2, bias, out_shape, relu):
     return np.maximum(z, 0) if relu else np.ascontiguousarray(z)
 
 
-def conv_epilogue_backward(dy, relu_output=None, out=None):
+def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
     """Adjoint of ``conv_epilogue``: ``(dz2, dbias)`` from ``dy`` (N, C, Ho, Wo).
 
     ``dz = dy * [y > 0]`` when ``relu_output`` (the ``y`` of a ReLU epilogue) is given, else
-    ``dz = dy``; ``dz2`` is ``dz`` in the GEMM layout ``(C, N*Ho*Wo)`` and ``dbias[c]`` sums
-    ``dz[:, c]`` over batch and space.
+    ``dz = dy``; ``dz2`` is ``dz`` in the GEMM layout ``(C, N*Ho*Wo)`` (or ``dz`` itself,
+    (N, C, Ho, Wo), with ``gemm_layout=False``: for Winograd, which reads that layout) and
+    ``dbias[c]`` sums ``dz[:, c]`` over batch and space.
     """
     dz = dy if relu_output is None else dy * (relu_output > 0)
+    if not gemm_layout:
+        return _into(out, np.ascontiguousarray(dz)), dz.sum(axis=(0, 2, 3))
     dz2 = np.ascontiguousarray(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)
     return _into(out, dz2), dz.sum(axis=(0, 2, 3))
 

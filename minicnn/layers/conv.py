@@ -337,16 +337,18 @@ class _ConvLayer(Layer):
         dy = self._check_dy(dy)
         return dy if self._cache_fused else self.activation.backward(dy)
 
-    def _start_backward_gemm(self, dy):
-        """``_start_backward`` returning the gradient of ``act``'s input in GEMM layout (C_out, N*Ho*Wo).
+    def _start_backward_gemm(self, dy, gemm_layout: bool = True):
+        """``_start_backward`` returning the gradient of ``act``'s input in GEMM layout (C_out, N*Ho*Wo),
+        or in ``dy``'s (N, C_out, Ho, Wo) with ``gemm_layout=False``.
 
-        ``kernels.conv_epilogue_backward`` applies ReLU's mask ``[y > 0]``, transposes and sums
-        the bias gradient in one pass. The result lives in the scratch buffer ``"gemm"``.
+        ``kernels.conv_epilogue_backward`` applies ReLU's mask ``[y > 0]``, transposes (or not)
+        and sums the bias gradient in one pass. The result lives in the scratch buffer ``"gemm"``.
         """
         dy = self._activation_backward(dy)
         c = dy.shape[1]
-        dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y,
-                                                    out=scratch("gemm", (c, dy.size // c), dy.dtype, like=dy))
+        shape = (c, dy.size // c) if gemm_layout else dy.shape
+        dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y, out=scratch("gemm", shape, dy.dtype, like=dy),
+                                                    gemm_layout=gemm_layout)
         if self.use_bias:
             self.grads["bias"][...] = dbias
         return dy2
@@ -437,12 +439,11 @@ class Conv2D(_ConvLayer):
             if self.use_bias:
                 self.grads["bias"][...] = dbias
             return dx
-        dy2 = self._start_backward_gemm(dy)
-        if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py)
-            dz = scratch("dz", dy.shape, dy2.dtype, like=dy2)  # (N, C_out, Ho, Wo) again
-            dz[...] = _from_gemm(dy2, x.shape[0], *dy.shape[2:])
+        if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py), dz as (N, C, Ho, Wo)
+            dz = self._start_backward_gemm(dy, gemm_layout=False)
             self.grads["weight"][...] = kernels.winograd.conv3x3_weight_grad(dz, x, pads)
             return None if self.skip_input_grad else kernels.winograd.conv3x3_input_grad(dz, weight, x.shape, pads)
+        dy2 = self._start_backward_gemm(dy)
         cols = self._cache_cols
         self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,
                                                            self.dilation, cols=cols)

@@ -141,6 +141,19 @@ def test_depthwise_matches_reference(emulated_gpu, shape, kernel, stride, paddin
     _close(dbias, dbias_ref, dtype)
 
 
+@pytest.mark.parametrize("gemm_layout", [True, False])
+@pytest.mark.parametrize("relu", [True, False])
+def test_conv_epilogue_backward_matches_reference(emulated_gpu, relu, gemm_layout):
+    rng = np.random.default_rng(5)
+    dy = rng.standard_normal((2, 3, 4, 5))
+    y = np.maximum(rng.standard_normal(dy.shape), 0) if relu else None
+    dz, dbias = emulated_gpu.conv_epilogue_backward(dy, y, gemm_layout=gemm_layout)
+    dz_ref, dbias_ref = reference.conv_epilogue_backward(dy, y, gemm_layout=gemm_layout)
+    assert dz.shape == ((3, 40) if gemm_layout else dy.shape)
+    np.testing.assert_array_equal(dz, dz_ref)
+    np.testing.assert_allclose(dbias, dbias_ref, rtol=1e-12)
+
+
 @pytest.mark.parametrize("ctype", ["float", "double"])
 def test_cuda_source_compiles_with_nvcc(tmp_path, ctype):
     if shutil.which("nvcc") is None:

@@ -322,6 +322,12 @@ def test_conv_epilogue_matches_reference_and_hand(shape, relu, with_bias, dtype)
     ref_dz2, ref_dbias = reference.conv_epilogue_backward(dy, relu_output)
     np.testing.assert_array_equal(dz2, ref_dz2)
     _close(dbias, ref_dbias, dtype)
+    # The same in dy's own layout (what Winograd reads), by hand and against the reference.
+    dz_nchw, dbias_nchw = cpu.conv_epilogue_backward(dy, relu_output, gemm_layout=False)
+    assert dz_nchw.shape == shape and dz_nchw.flags.c_contiguous
+    np.testing.assert_array_equal(dz_nchw, dz)
+    np.testing.assert_array_equal(dbias_nchw, dbias)
+    np.testing.assert_array_equal(reference.conv_epilogue_backward(dy, relu_output, gemm_layout=False)[0], dz)
 
 
 def test_conv_epilogue_relu_edge_values():
