@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from minicnn.backend import is_cupy_array
 
-from . import cpu, direct, reference, winograd
+from . import batch_inner, cpu, direct, reference, winograd
 
 __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "winograd_pays", "direct_pays", "output_hw", "reference", "cpu", "winograd", "direct",
+    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw", "reference", "cpu",
+    "winograd", "direct", "batch_inner",
 ]
 
 output_hw = reference.output_hw
@@ -123,3 +124,26 @@ def direct_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
     _, c_in, kh, kw = weight_shape
     return (not is_cupy_array(x) and c_in * kh * kw <= DIRECT_MAX_TAPS
             and direct.applies((kh, kw), stride, padding, dilation))
+
+
+# im2col with the batch innermost (``batch_inner.py``, called as ``kernels.batch_inner.conv``
+# etc.): CPU only. Its columns make every im2col copy and col2im sum ``Wo*16`` values long
+# instead of ``Wo``, at the price of transposing the input, the output and both gradients
+# (16 samples at a time). ``batch_inner_pays`` decides for the convolutions that take neither
+# Winograd nor the direct path.
+BATCH_INNER_MAX_WIDTH = 16
+"""Up to this output width. Wider rows are long enough already: a 32x32 output of 32 channels
+from 3 (batch 32) took 5.1 ms forward + backward this way against 4.1 ms through im2col."""
+BATCH_INNER_MIN_BATCH = 4
+"""From this batch size on: with fewer samples the rows are hardly longer and the transposes
+cost as much as they save (0.56 against 0.55 ms at batch 1, 16x16 from 32 to 64 channels)."""
+
+
+def batch_inner_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
+    """Should a CPU convolution of ``x`` through im2col order its columns batch-innermost?
+
+    Yes for NumPy input of at least ``BATCH_INNER_MIN_BATCH`` samples whose output is at most
+    ``BATCH_INNER_MAX_WIDTH`` wide (measured: docs/benchmarks.md).
+    """
+    _, wo = output_hw(x.shape, weight_shape[2:], stride, padding, dilation)
+    return not is_cupy_array(x) and x.shape[0] >= BATCH_INNER_MIN_BATCH and wo <= BATCH_INNER_MAX_WIDTH

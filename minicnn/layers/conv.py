@@ -420,6 +420,12 @@ class Conv2D(_ConvLayer):
         if self._cache_winograd:  # 3x3, stride 1: Winograd F(2x2, 3x3), bias and ReLU fused
             y = kernels.winograd.conv3x3(x, weight, pads, self.params.get("bias"), self._relu_fused())
             return self._finish_forward_fused(x, y, training)
+        self._cache_batch_inner = kernels.batch_inner_pays(x, weight.shape, self.stride, pads, self.dilation)
+        if self._cache_batch_inner:  # im2col + GEMM with the columns ordered batch-innermost
+            y, self._cache_cols = kernels.batch_inner.conv(x, weight, self.stride, pads, self.dilation,
+                                                           self.params.get("bias"), self._relu_fused(),
+                                                           keep_cols=training, reuse=old_cols)
+            return self._finish_forward_fused(x, y, training)
         y2, self._cache_cols = _conv_gemm(x, weight, self.stride, pads, self.dilation, keep_cols=training,
                                           reuse=old_cols)  # the last step's columns: memory without page faults
         return self._finish_forward_gemm(x, y2, out_hw, training)
@@ -443,14 +449,22 @@ class Conv2D(_ConvLayer):
             dz = self._start_backward_gemm(dy, gemm_layout=False)
             self.grads["weight"][...] = kernels.winograd.conv3x3_weight_grad(dz, x, pads)
             return None if self.skip_input_grad else kernels.winograd.conv3x3_input_grad(dz, weight, x.shape, pads)
-        dy2 = self._start_backward_gemm(dy)
         cols = self._cache_cols
+        if cols:  # spent by backward: their memory takes dcols, and a second backward recomputes them
+            self._cache_cols, self._cache_spare_cols = None, cols
+        if self._cache_batch_inner:
+            dx, dweight, dbias = kernels.batch_inner.conv_backward(
+                self._activation_backward(dy), x, weight, self.stride, pads, self.dilation, self._cache_relu_y,
+                cols, not self.skip_input_grad)
+            self.grads["weight"][...] = dweight
+            if self.use_bias:
+                self.grads["bias"][...] = dbias
+            return dx
+        dy2 = self._start_backward_gemm(dy)
         self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,
                                                            self.dilation, cols=cols)
         if self.skip_input_grad:
             return None
-        if cols:  # spent: their memory takes dcols, and a second backward recomputes them
-            self._cache_cols, self._cache_spare_cols = None, cols
         return _conv_input_grad_gemm(dy2, weight, x.shape, self.stride, pads, self.dilation, spent_cols=cols)
 
     def output_shape(self, input_shape) -> tuple:

@@ -9,7 +9,8 @@
 * hand computations: the course's 6x6 vertical-edge example and MobileNet's parameter counts.
 
 The chunked (bounded-workspace) path is checked against the one-chunk path, the 1x1 fast
-path against torch with im2col switched off, and every bad argument or input for an error
+path against torch with im2col switched off, the Conv2D sweep again with the columns ordered
+batch-innermost (``kernels.batch_inner``), and every bad argument or input for an error
 that names the layer.
 """
 from __future__ import annotations
@@ -253,6 +254,37 @@ def test_torch_parity(family, shape, kwargs, dtype):
     check_torch_parity(layer, _torch_for(family, shape, kwargs), _input(shape, dtype), dtype)
 
 
+@pytest.fixture
+def batch_inner_always(monkeypatch):
+    """Every im2col convolution through ``kernels.batch_inner`` (layers take it from batch 4
+    and for outputs at most 16 wide), in blocks of 2 samples so that odd batches end in a
+    ragged block."""
+    monkeypatch.setattr(kernels, "BATCH_INNER_MIN_BATCH", 1)
+    monkeypatch.setattr(kernels, "BATCH_INNER_MAX_WIDTH", 10**6)
+    monkeypatch.setattr(kernels.batch_inner, "BATCH_BLOCK", 2)
+
+
+# The Conv2D sweep again with the columns batch-innermost (the cases that take Winograd, the
+# direct kernels or the 1x1 path still do), batches of 1 to 3 and one of 5.
+BATCH_INNER_CASES = [pytest.param(shape, kwargs, id=_case_id(shape, kwargs))
+                     for shape, kwargs in CONV_CASES + [((5, 3, 7, 6), dict(out_channels=4, kernel_size=3, stride=2,
+                                                                              padding=1, activation="relu"))]]
+
+
+@pytest.mark.parametrize("shape, kwargs", BATCH_INNER_CASES)
+def test_batch_inner_gradcheck(batch_inner_always, shape, kwargs):
+    layer = Conv2D(**kwargs, dtype=np.float64)
+    report = check_layer(layer, shape, max_checks=MAX_CHECKS)
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape, kwargs", BATCH_INNER_CASES)
+def test_batch_inner_torch_parity(batch_inner_always, shape, kwargs, dtype):
+    layer = Conv2D(**kwargs, dtype=dtype)
+    check_torch_parity(layer, torch_conv2d(shape, **kwargs), _input(shape, dtype), dtype)
+
+
 @pytest.mark.parametrize("family, shape, kwargs", ALL_CASES)
 def test_output_shape_and_dtype(family, shape, kwargs):
     layer = SWEEPS[family][0](**kwargs)
@@ -342,13 +374,43 @@ def _run(layer, x, dy, training):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kwargs", [dict(activation="relu"), dict(activation="tanh", bias=False), dict()],
+                         ids=["relu", "tanh-nobias", "linear"])
+def test_batch_inner_path_is_taken_and_matches_im2col(monkeypatch, training, kwargs):
+    calls = []
+    original = kernels.batch_inner.conv
+    monkeypatch.setattr(kernels.batch_inner, "conv", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x, layer = _input((5, 3, 9, 8), np.float64), Conv2D(4, 3, stride=2, padding=1, dtype=np.float64, **kwargs)
+    dy = _input((5, 4, 5, 4), np.float64, seed=2)
+    batch_inner = _run(layer, x, dy, training)
+    assert calls == [1]  # batch 5 >= 4, output 4 wide <= 16
+    monkeypatch.setattr(kernels, "BATCH_INNER_MIN_BATCH", 6)  # the same layer through im2col
+    im2col = _run(layer, x, dy, training)
+    assert calls == [1]
+    for a, b in zip(batch_inner[:2], im2col[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for name in batch_inner[2]:
+        np.testing.assert_allclose(batch_inner[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
+    layer.skip_input_grad = True  # a first layer: the gradients, no dx
+    monkeypatch.setattr(kernels, "BATCH_INNER_MIN_BATCH", 4)
+    layer.forward(x, training=training)
+    assert layer.backward(dy) is None and calls == [1, 1]
+    for name in batch_inner[2]:
+        np.testing.assert_allclose(layer.grads[name], im2col[2][name], rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(kernels, "BATCH_INNER_MAX_WIDTH", 3)  # too wide now
+    layer.forward(x, training=training)
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("factory, x_shape, samples_per_chunk", [
     (lambda: Conv2D(4, 3, padding=1, dtype=np.float64), (5, 3, 8, 8), 2),
     (lambda: Conv2D(4, 3, stride=2, padding="same", dtype=np.float64), (4, 3, 9, 9), 1),
     (lambda: Conv2DTranspose(3, 3, stride=2, padding=1, output_padding=1, dtype=np.float64), (5, 2, 4, 4), 2),
 ], ids=["conv", "conv-same-s2", "transpose"])
 def test_chunked_path_matches_one_chunk(factory, x_shape, samples_per_chunk, training,
-                                        workspace_limit, im2col_calls):
+                                        workspace_limit, im2col_calls, monkeypatch):
+    monkeypatch.setattr(kernels, "BATCH_INNER_MIN_BATCH", 10**6)  # the sample-major columns (GPU's path)
     layer = factory()
     x = _input(x_shape, np.float64)
     dy = _input((x_shape[0], *layer.output_shape(x_shape[1:])), np.float64, seed=2)
@@ -418,16 +480,19 @@ def test_direct_path_is_taken_and_matches_im2col(monkeypatch, training, kwargs):
 @pytest.mark.parametrize("factory, x_shape", [
     (lambda: Conv2D(4, 5, padding=2), (2, 1, 6, 6)),                        # direct
     (lambda: Conv2D(4, 3, padding=1), (1, 3, 6, 6)),                        # one block, N = 1
-    (lambda: Conv2D(4, 3, stride=2), (5, 3, 9, 9)),                         # several blocks
+    (lambda: Conv2D(4, 3, stride=2), (5, 3, 9, 9)),                         # batch-inner, chunks
+    (lambda: Conv2D(4, 3, stride=2), (3, 3, 9, 9)),                         # several blocks
     (lambda: Conv2D(16, 3, padding=1, activation="relu"), (2, 16, 6, 6)),   # Winograd
     (lambda: Conv2DTranspose(3, 3, stride=2, padding=1), (1, 4, 4, 4)),
     (lambda: Conv2DTranspose(3, 3, stride=2), (5, 4, 4, 4)),
-], ids=["direct", "conv-n1", "conv-blocks", "winograd", "transpose-n1", "transpose-blocks"])
+], ids=["direct", "conv-n1", "batch-inner", "conv-blocks", "winograd", "transpose-n1", "transpose-blocks"])
 def test_results_never_live_in_scratch_memory(factory, x_shape, monkeypatch):
     """Layers keep temporaries in reusable scratch buffers (backend.scratch); what they
     return or cache must not be one: a second layer's calls would overwrite it."""
     from minicnn.layers import conv
     monkeypatch.setattr(conv, "_BLOCK_BYTES", 2000)  # several blocks where the batch allows
+    monkeypatch.setattr(kernels.batch_inner, "BATCH_BLOCK", 2)
+    monkeypatch.setattr(kernels.batch_inner, "BLOCK_BYTES", 2000)
     first, second = factory(), factory()
     x = _input(x_shape, np.float32)
     y = first.forward(x, training=True)
@@ -441,12 +506,14 @@ def test_results_never_live_in_scratch_memory(factory, x_shape, monkeypatch):
     np.testing.assert_array_equal(first.backward(dy), dx)  # forward's caches survived too
 
 
-def test_kept_columns_reuse_their_memory_only_where_they_fit():
+@pytest.mark.parametrize("min_batch", [10**6, 1], ids=["im2col", "batch-inner"])
+def test_kept_columns_reuse_their_memory_only_where_they_fit(monkeypatch, min_batch):
     """A training forward keeps its im2col columns for backward, backward writes the columns'
     gradient into them once the weight gradient is done, and the next training forward writes
     its columns there again (no fresh pages). Every step must still equal a fresh layer's,
     when the batch size, the input or the mode changes between steps, and a second backward
     must not see the spent columns."""
+    monkeypatch.setattr(kernels, "BATCH_INNER_MIN_BATCH", min_batch)
     layer = Conv2D(4, 5, padding=1, in_channels=3, dtype=np.float64)  # padding: zeros rewritten too
     fresh = Conv2D(4, 5, padding=1, in_channels=3, dtype=np.float64)
     fresh.load_state_dict(layer.state_dict())
