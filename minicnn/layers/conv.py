@@ -39,6 +39,13 @@ Stride-1 layers with few taps per filter (``C_in*kh*kw <= 25``, LeNet-5's first 
 a fourth, the plainest: the sum above computed directly (``kernels/direct.py``), because
 their im2col columns (25 times the input) and 6-row GEMMs cost more than the arithmetic.
 ``kernels.direct_pays`` decides.
+
+The rest of the CPU's convolutions with small outputs (at most 16 wide, batches of 4 or more:
+LeNet-5's conv2) keep im2col and its three GEMMs but order the columns batch-innermost, 16
+samples at a time (``kernels/batch_inner.py``): a tap's values for one output row are then
+``Wo*16`` consecutive input floats instead of ``Wo``, so im2col and col2im copy long runs
+instead of 10-float pieces. ``kernels.batch_inner_pays`` decides; the helpers below stay the
+GPU's path and the definition.
 """
 from __future__ import annotations
 
@@ -378,7 +385,9 @@ class Conv2D(_ConvLayer):
 
     3x3 stride-1 layers with many channels run Winograd F(2x2, 3x3) instead (forward and
     both gradients; see the module docstring), stride-1 layers with at most 25 taps per
-    filter a direct convolution; both equal the above up to rounding.
+    filter a direct convolution, and small outputs (at most 16 wide, batches from 4) the
+    same im2col + GEMMs with the columns ordered batch-innermost; all equal the above up
+    to rounding.
 
     Large batches are processed in chunks of samples so the im2col columns stay within
     ``minicnn.backend.get_workspace_limit()`` bytes. Forward in training keeps the
