@@ -8,7 +8,9 @@ Shapes and argument conventions are documented in ``reference.py``.
 """
 from __future__ import annotations
 
-from minicnn.backend import is_cupy_array
+import math
+
+from minicnn.backend import get_workspace_limit, is_cupy_array
 
 from . import batch_inner, cpu, direct, reference, winograd
 
@@ -143,7 +145,11 @@ def batch_inner_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
     """Should a CPU convolution of ``x`` through im2col order its columns batch-innermost?
 
     Yes for NumPy input of at least ``BATCH_INNER_MIN_BATCH`` samples whose output is at most
-    ``BATCH_INNER_MAX_WIDTH`` wide (measured: docs/benchmarks.md).
+    ``BATCH_INNER_MAX_WIDTH`` wide (measured: docs/benchmarks.md), as long as the columns of
+    one block of samples fit in the workspace limit (the sample-major path can go down to
+    one sample per chunk).
     """
-    _, wo = output_hw(x.shape, weight_shape[2:], stride, padding, dilation)
-    return not is_cupy_array(x) and x.shape[0] >= BATCH_INNER_MIN_BATCH and wo <= BATCH_INNER_MAX_WIDTH
+    ho, wo = output_hw(x.shape, weight_shape[2:], stride, padding, dilation)
+    block_bytes = math.prod(weight_shape[1:]) * ho * wo * x.itemsize * min(x.shape[0], batch_inner.BATCH_BLOCK)
+    return (not is_cupy_array(x) and x.shape[0] >= BATCH_INNER_MIN_BATCH and wo <= BATCH_INNER_MAX_WIDTH
+            and block_bytes <= get_workspace_limit())

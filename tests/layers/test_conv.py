@@ -402,6 +402,19 @@ def test_batch_inner_path_is_taken_and_matches_im2col(monkeypatch, training, kwa
     assert calls == [1, 1]
 
 
+def test_batch_inner_path_stays_within_the_workspace(workspace_limit, im2col_calls):
+    """A block of samples whose columns exceed the workspace limit takes the sample-major path,
+    which goes down to one sample per chunk."""
+    layer, x = Conv2D(4, 3, stride=2, padding=1, dtype=np.float64), _input((5, 3, 9, 8), np.float64)
+    per_sample = 27 * 5 * 4 * 8  # (C*kh*kw) x (Ho*Wo) float64 columns
+    workspace_limit(5 * per_sample / 2**20)  # the whole batch (one block of 5) fits
+    layer.forward(x)
+    assert im2col_calls == []
+    workspace_limit(4 * per_sample / 2**20)
+    layer.forward(x)
+    assert im2col_calls == [4, 1]
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("factory, x_shape, samples_per_chunk", [
     (lambda: Conv2D(4, 3, padding=1, dtype=np.float64), (5, 3, 8, 8), 2),
