@@ -351,14 +351,15 @@ def test_conv_epilogue_rejects_wrong_shapes():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_nt_equals_the_float64_product(rows, dtype):
     """``matmul_nt(a, b) == a @ b.T``; float32 with 5-7 rows goes through an 8-row buffer
-    (a BLAS slow path), which must not change a value or leak into a later call."""
+    (a BLAS slow path), which must not change a value or leak into a later call; with fewer
+    rows than ``b`` (7) the product is computed as ``(b @ a.T).T`` and comes back C-ordered."""
     rng = np.random.default_rng(rows)
     a_full = rng.standard_normal((rows, 2 * 301)).astype(dtype)
     a, b = a_full[:, ::2], rng.standard_normal((7, 301)).astype(dtype)  # a: strided columns
     expected = a.astype(np.float64) @ b.astype(np.float64).T
     for impl in (cpu, reference):
         result = impl.matmul_nt(a, b)
-        assert result.shape == (rows, 7) and result.dtype == dtype
+        assert result.shape == (rows, 7) and result.dtype == dtype and result.flags.c_contiguous
         _close(result, expected, dtype)
     first = cpu.matmul_nt(a, b)
     cpu.matmul_nt(np.full((6, 301), np.nan, dtype), b)  # reuses the buffer with other data
