@@ -56,12 +56,11 @@ BATCH_BLOCK = 16
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 BLOCK_BYTES = 16 * 2**20
-"""Columns per block of output rows (as ``minicnn.layers.conv`` blocks samples): LeNet-5's and
-VGG-mini's layers at their usual batches are one block, so forward keeps its columns for
-backward."""
+"""Bytes of columns per chunk of sample blocks (as ``minicnn.layers.conv``'s ``_BLOCK_BYTES``):
+LeNet-5's conv2 at batch 128 and most of VGG-mini's layers at batch 32 are one chunk, so
+forward keeps their columns for backward."""
 
 
-# ---------------------------------------------------------------- Numba cores
 # ---------------------------------------------------------------- Numba cores
 # The blocked layout of an (N, C, P) array: channel c, then block after block of ``nb``
 # samples (``width`` in the last), each block ``P`` positions of ``width`` samples:

@@ -448,12 +448,8 @@ class Conv2D(_ConvLayer):
             return None if self.skip_input_grad else _conv_input_grad(dy, weight, x.shape, self.stride,
                                                                       pads, self.dilation)
         if self._cache_direct:  # ReLU's mask and the bias gradient inside the kernel too
-            dx, dweight, dbias = kernels.direct.conv_backward(self._activation_backward(dy), x, weight, pads,
-                                                              self._cache_relu_y, not self.skip_input_grad)
-            self.grads["weight"][...] = dweight
-            if self.use_bias:
-                self.grads["bias"][...] = dbias
-            return dx
+            return self._kernel_grads(kernels.direct.conv_backward(self._activation_backward(dy), x, weight, pads,
+                                                                   self._cache_relu_y, not self.skip_input_grad))
         if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py), dz as (N, C, Ho, Wo)
             dz = self._start_backward_gemm(dy, gemm_layout=False)
             self.grads["weight"][...] = kernels.winograd.conv3x3_weight_grad(dz, x, pads)
@@ -462,19 +458,23 @@ class Conv2D(_ConvLayer):
         if cols:  # spent by backward: their memory takes dcols, and a second backward recomputes them
             self._cache_cols, self._cache_spare_cols = None, cols
         if self._cache_batch_inner:
-            dx, dweight, dbias = kernels.batch_inner.conv_backward(
+            return self._kernel_grads(kernels.batch_inner.conv_backward(
                 self._activation_backward(dy), x, weight, self.stride, pads, self.dilation, self._cache_relu_y,
-                cols, not self.skip_input_grad)
-            self.grads["weight"][...] = dweight
-            if self.use_bias:
-                self.grads["bias"][...] = dbias
-            return dx
+                cols, not self.skip_input_grad))
         dy2 = self._start_backward_gemm(dy)
         self.grads["weight"][...] = _conv_weight_grad_gemm(dy2, x, weight.shape, self.stride, pads,
                                                            self.dilation, cols=cols)
         if self.skip_input_grad:
             return None
         return _conv_input_grad_gemm(dy2, weight, x.shape, self.stride, pads, self.dilation, spent_cols=cols)
+
+    def _kernel_grads(self, grads):
+        """Store ``(dx, dweight, dbias)`` from a kernel that computed all three; return ``dx``."""
+        dx, dweight, dbias = grads
+        self.grads["weight"][...] = dweight
+        if self.use_bias:
+            self.grads["bias"][...] = dbias
+        return dx
 
     def output_shape(self, input_shape) -> tuple:
         self._check_rank(tuple(input_shape), with_batch=False)
