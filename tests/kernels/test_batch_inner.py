@@ -190,8 +190,9 @@ def test_nan_rules_follow_the_gemm_path():
     _, _, dbias = batch_inner.conv_backward(dy, x, weight, *args, relu_output=y)
     assert np.isfinite(dbias).all()
     dy[2, 1, 0, 0] = np.inf
-    dx, dweight, dbias = batch_inner.conv_backward(dy, x, weight, *args)
-    expected = _reference_grads(dy, x, weight, *args)
+    with np.errstate(invalid="ignore"):  # Inf * 0 (padding) in both GEMMs: the NaN is the point
+        dx, dweight, dbias = batch_inner.conv_backward(dy, x, weight, *args)
+        expected = _reference_grads(dy, x, weight, *args)
     for actual, wanted in zip((dx, dweight, dbias), expected):
         np.testing.assert_array_equal(np.isnan(actual), np.isnan(wanted))
         np.testing.assert_array_equal(np.isinf(actual), np.isinf(wanted))
