@@ -46,14 +46,12 @@ from numba import prange
 from minicnn.backend import get_workspace_limit, scratch
 
 from .cpu import _kernel, _unsigned, _valid_range, matmul_nt
-from .reference import output_hw
+from .reference import check_conv_operands, output_hw
 
 __all__ = ["conv", "conv_backward", "im2col", "col2im", "column_order", "BATCH_BLOCK", "BLOCK_BYTES"]
 
 BATCH_BLOCK = 16
 """Samples per block, innermost in the layout (the last block of a batch may be shorter)."""
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 BLOCK_BYTES = 16 * 2**20
 """Bytes of columns per chunk of sample blocks (as ``minicnn.layers.conv``'s ``_BLOCK_BYTES``):
@@ -220,12 +218,7 @@ def _columns(xb, x_shape, geometry, out_hw, chunk, out):
 
 
 def _check(x, weight, stride, padding, dilation, owner):
-    if not isinstance(x, np.ndarray) or not isinstance(weight, np.ndarray):
-        raise TypeError(f"{owner} expected NumPy arrays, got {type(x).__name__} and {type(weight).__name__}")
-    if x.ndim != 4 or x.dtype not in _FLOATS:
-        raise ValueError(f"{owner} expected a float32/float64 array of 4 dimensions, got {x.dtype} {x.shape}")
-    if weight.ndim != 4 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{owner} expected a (C_out, {x.shape[1]}, kh, kw) weight, got shape {weight.shape}")
+    check_conv_operands(x, weight, owner)
     if len(padding) != 4 or min(padding) < 0 or min(*stride, *dilation) < 1:
         raise ValueError(f"{owner} expected padding (top, bottom, left, right) >= 0 and stride, dilation >= 1, "
                          f"got padding {padding!r}, stride {stride!r}, dilation {dilation!r}")

@@ -51,10 +51,9 @@ from numba import njit, prange
 from minicnn.backend import scratch
 
 from .cpu import _kernel, _unsigned
+from .reference import check_conv_operands
 
 __all__ = ["applies", "conv", "conv_backward"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Multiply-adds count more than bytes here: a LeNet-5 conv1 call touches 3 MB (serial by the
 # byte rule of cpu.PARALLEL_MIN_BYTES) but does 15 M multiply-adds, enough to pay for waking
@@ -204,12 +203,7 @@ def _padded_planes(x, pads, kw, slot):
 
 
 def _check(x, weight, padding, owner):
-    if not isinstance(x, np.ndarray) or not isinstance(weight, np.ndarray):
-        raise TypeError(f"{owner} expected NumPy arrays, got {type(x).__name__} and {type(weight).__name__}")
-    if x.ndim != 4 or x.dtype not in _FLOATS:
-        raise ValueError(f"{owner} expected a float32/float64 array of 4 dimensions, got {x.dtype} {x.shape}")
-    if weight.ndim != 4 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"{owner} expected a (C_out, {x.shape[1]}, kh, kw) weight, got shape {weight.shape}")
+    check_conv_operands(x, weight, owner)
     pads = tuple(int(p) for p in padding)
     if not applies(weight.shape[2:], (1, 1), pads, (1, 1)):
         raise ValueError(f"{owner} expected padding (top, bottom, left, right) each in 0..k-1 for a "

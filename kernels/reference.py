@@ -63,6 +63,17 @@ def check_out(out, shape, dtype, owner: str) -> None:
                          f"got {out.dtype} {tuple(out.shape)}")
 
 
+def check_conv_operands(x, weight, owner: str) -> None:
+    """Raise unless ``x`` is a float32/float64 (N, C, H, W) NumPy array and ``weight`` a
+    (C_out, C, kh, kw) NumPy array (the CPU convolution kernels' first check)."""
+    if not isinstance(x, np.ndarray) or not isinstance(weight, np.ndarray):
+        raise TypeError(f"{owner} expected NumPy arrays, got {type(x).__name__} and {type(weight).__name__}")
+    if x.ndim != 4 or x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{owner} expected a float32/float64 array of 4 dimensions, got {x.dtype} {x.shape}")
+    if weight.ndim != 4 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{owner} expected a (C_out, {x.shape[1]}, kh, kw) weight, got shape {weight.shape}")
+
+
 def _into(out, result):
     """``result``, or ``result`` copied into ``out`` when the caller supplied a buffer."""
     if out is None:

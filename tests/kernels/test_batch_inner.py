@@ -17,6 +17,7 @@ import pytest
 
 from minicnn.kernels import batch_inner, cpu, reference
 from tests.helpers import require_torch
+from tests.kernels.conv_oracles import assert_matches, conv_data, im2col_conv, im2col_grads
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -46,39 +47,15 @@ CASES = [
 ]
 
 
-def _data(x_shape, c_out, kernel, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    weight = rng.standard_normal((c_out, x_shape[1], *kernel)).astype(dtype)
-    return x, weight, rng.standard_normal(c_out).astype(dtype)
-
-
 def _reference_conv(x, weight, bias, stride, padding, dilation, relu):
     """float64 ``act(W2 @ im2col(x) + b)`` as (N, C_out, Ho, Wo), and ``z`` before ``act``."""
-    x, weight = x.astype(np.float64), weight.astype(np.float64)
-    kernel = weight.shape[2:]
-    ho, wo = reference.output_hw(x.shape, kernel, stride, padding, dilation)
-    z = weight.reshape(weight.shape[0], -1) @ reference.im2col(x, kernel, stride, padding, dilation)
-    z = z.reshape(weight.shape[0], x.shape[0], ho, wo).transpose(1, 0, 2, 3) + bias[:, None, None]
+    z = im2col_conv(x, weight, padding, stride, dilation) + bias.astype(np.float64)[:, None, None]
     return (np.maximum(z, 0) if relu else z), z
 
 
 def _reference_grads(dz, x, weight, stride, padding, dilation):
-    """float64 ``(dx, dW, db)``: ``col2im(W2.T @ dz2)``, ``dz2 @ im2col(x).T``, ``sum(dz)``."""
-    kernel, c_out = weight.shape[2:], weight.shape[0]
-    dz2 = dz.astype(np.float64).transpose(1, 0, 2, 3).reshape(c_out, -1)
-    cols = reference.im2col(x.astype(np.float64), kernel, stride, padding, dilation)
-    dx = reference.col2im(weight.astype(np.float64).reshape(c_out, -1).T @ dz2, x.shape, kernel, stride,
-                          padding, dilation)
-    return dx, (dz2 @ cols.T).reshape(weight.shape), dz2.sum(axis=1)
-
-
-def _assert_matches(actual, expected, dtype):
-    """float64 to 1e-10 relative; float32 to 1e-4 plus an atol scaled by the result's size."""
-    assert actual.dtype == dtype and actual.shape == expected.shape
-    scale = max(1.0, float(np.abs(expected).max()))
-    tol = dict(rtol=1e-10, atol=1e-12 * scale) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * scale)
-    np.testing.assert_allclose(actual, expected, **tol)
+    """``conv_oracles.im2col_grads`` with its arguments in ``batch_inner``'s order."""
+    return im2col_grads(dz, x, weight, padding, stride, dilation)
 
 
 def test_column_order_by_hand(monkeypatch):
@@ -92,13 +69,13 @@ def test_column_order_by_hand(monkeypatch):
 @pytest.mark.parametrize("x_shape, c_out, kernel, stride, padding, dilation", CASES)
 def test_columns_match_reference(core_version, batch_block, x_shape, c_out, kernel, stride, padding,
                                  dilation, dtype):
-    x, _, _ = _data(x_shape, c_out, kernel, dtype)
+    x, _, _ = conv_data(x_shape, c_out, kernel, dtype)
     ho, wo = reference.output_hw(x_shape, kernel, stride, padding, dilation)
     order = batch_inner.column_order(x_shape[0], ho, wo)
     expected = reference.im2col(x, kernel, stride, padding, dilation)
     np.testing.assert_array_equal(batch_inner.im2col(x, kernel, stride, padding, dilation), expected[:, order])
     dcols = np.random.default_rng(3).standard_normal(expected.shape).astype(dtype)
-    _assert_matches(batch_inner.col2im(dcols[:, order], x_shape, kernel, stride, padding, dilation),
+    assert_matches(batch_inner.col2im(dcols[:, order], x_shape, kernel, stride, padding, dilation),
                     reference.col2im(dcols.astype(np.float64), x_shape, kernel, stride, padding, dilation), dtype)
 
 
@@ -107,21 +84,21 @@ def test_columns_match_reference(core_version, batch_block, x_shape, c_out, kern
 @pytest.mark.parametrize("x_shape, c_out, kernel, stride, padding, dilation", CASES)
 def test_conv_and_gradients_match_reference(core_version, batch_block, x_shape, c_out, kernel, stride,
                                             padding, dilation, dtype, relu):
-    x, weight, bias = _data(x_shape, c_out, kernel, dtype)
+    x, weight, bias = conv_data(x_shape, c_out, kernel, dtype)
     expected, z = _reference_conv(x, weight, bias, stride, padding, dilation, relu)
     y, kept = batch_inner.conv(x, weight, stride, padding, dilation, bias, relu, keep_cols=True)
-    _assert_matches(y, expected, dtype)
+    assert_matches(y, expected, dtype)
     dy = np.random.default_rng(2).standard_normal(y.shape).astype(dtype)
     dx, dweight, dbias = _reference_grads(dy * (z > 0) if relu else dy, x, weight, stride, padding, dilation)
     for cols in (kept, None):  # forward's columns, then recomputed
         got = batch_inner.conv_backward(dy, x, weight, stride, padding, dilation, y if relu else None, cols)
         for actual, wanted in zip(got, (dx, dweight, dbias)):
-            _assert_matches(actual, wanted, dtype)
+            assert_matches(actual, wanted, dtype)
 
 
 def test_chunks_of_blocks_match_one_chunk(monkeypatch):
     """A workspace too small for the whole batch: chunks of whole blocks, the same numbers."""
-    x, weight, bias = _data((37, 3, 6, 5), 4, (3, 3), np.float64)
+    x, weight, bias = conv_data((37, 3, 6, 5), 4, (3, 3), np.float64)
     args = ((1, 1), (1, 1, 0, 2), (1, 1))
     whole, kept = batch_inner.conv(x, weight, *args, bias, True, keep_cols=True)
     dy = np.random.default_rng(2).standard_normal(whole.shape)
@@ -140,7 +117,7 @@ def test_chunks_of_blocks_match_one_chunk(monkeypatch):
 
 
 def test_kept_columns_are_reused_and_spent():
-    x, weight, bias = _data((6, 2, 7, 7), 3, (3, 3), np.float32)
+    x, weight, bias = conv_data((6, 2, 7, 7), 3, (3, 3), np.float32)
     args = ((1, 1), (1, 1, 1, 1), (1, 1))
     _, first = batch_inner.conv(x, weight, *args, bias, keep_cols=True)
     y, second = batch_inner.conv(x * 2, weight, *args, bias, keep_cols=True, reuse=first)
@@ -154,19 +131,19 @@ def test_kept_columns_are_reused_and_spent():
 
 
 def test_input_gradient_can_be_skipped():
-    x, weight, bias = _data((4, 2, 6, 6), 3, (3, 3), np.float64)
+    x, weight, bias = conv_data((4, 2, 6, 6), 3, (3, 3), np.float64)
     y, kept = batch_inner.conv(x, weight, (1, 1), (0, 0, 0, 0), (1, 1), bias, keep_cols=True)
     dx, dweight, dbias = batch_inner.conv_backward(np.ones_like(y), x, weight, (1, 1), (0, 0, 0, 0), (1, 1),
                                                    cols=kept, input_grad=False)
     assert dx is None
     _, expected_dweight, expected_dbias = _reference_grads(np.ones_like(y), x, weight, (1, 1), (0, 0, 0, 0), (1, 1))
-    _assert_matches(dweight, expected_dweight, np.float64)
-    _assert_matches(dbias, expected_dbias, np.float64)
+    assert_matches(dweight, expected_dweight, np.float64)
+    assert_matches(dbias, expected_dbias, np.float64)
 
 
 def test_against_torch_autograd():
     torch = require_torch()
-    x, weight, bias = _data((19, 3, 8, 7), 5, (3, 3), np.float64)
+    x, weight, bias = conv_data((19, 3, 8, 7), 5, (3, 3), np.float64)
     stride, dilation = (2, 1), (1, 2)
     tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, weight, bias))
     ty = torch.relu(torch.nn.functional.conv2d(tx, tw, tb, stride, (1, 2), dilation))
@@ -182,7 +159,7 @@ def test_against_torch_autograd():
 def test_nan_rules_follow_the_gemm_path():
     """A NaN output passes no gradient (ReLU's mask is ``y > 0``); NaN and Inf in ``dy``
     reach exactly the weights and pixels the GEMM path sends them to."""
-    x, weight, bias = _data((5, 2, 5, 5), 3, (3, 3), np.float64)
+    x, weight, bias = conv_data((5, 2, 5, 5), 3, (3, 3), np.float64)
     args = ((1, 1), (1, 1, 1, 1), (1, 1))
     y, _ = batch_inner.conv(x, weight, *args, bias, relu=True)
     y[1, 2, 3, 4] = np.nan
@@ -199,7 +176,7 @@ def test_nan_rules_follow_the_gemm_path():
 
 
 def test_errors_name_the_function_and_the_shapes():
-    x, weight, _ = _data((2, 3, 5, 5), 4, (3, 3), np.float32)
+    x, weight, _ = conv_data((2, 3, 5, 5), 4, (3, 3), np.float32)
     with pytest.raises(ValueError, match=r"batch_inner\.conv expected a \(C_out, 3, kh, kw\) weight"):
         batch_inner.conv(x, weight[:, :2], (1, 1), (0, 0, 0, 0))
     with pytest.raises(ValueError, match=r"batch_inner\.conv expected an output of at least 1x1, got 0x0"):

@@ -16,6 +16,7 @@ import pytest
 
 from minicnn.kernels import cpu, direct, reference
 from tests.helpers import require_torch
+from tests.kernels.conv_oracles import assert_matches, conv_data, im2col_conv, im2col_grads
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -39,67 +40,32 @@ CASES = [
 ]
 
 
-def _im2col_conv(x, weight, padding):
-    """float64 ``W2 @ im2col(x)`` as (N, C_out, Ho, Wo)."""
-    x, weight = x.astype(np.float64), weight.astype(np.float64)
-    kernel = weight.shape[2:]
-    ho, wo = reference.output_hw(x.shape, kernel, (1, 1), padding)
-    cols = reference.im2col(x, kernel, (1, 1), padding, (1, 1))
-    y = weight.reshape(weight.shape[0], -1) @ cols
-    return y.reshape(weight.shape[0], x.shape[0], ho, wo).transpose(1, 0, 2, 3)
-
-
-def _im2col_grads(dz, x, weight, padding):
-    """float64 ``(dx, dW, db)``: ``col2im(W2.T @ dz2)``, ``dz2 @ im2col(x).T``, ``sum(dz)``."""
-    kernel, c_out = weight.shape[2:], weight.shape[0]
-    dz2 = dz.astype(np.float64).transpose(1, 0, 2, 3).reshape(c_out, -1)
-    cols = reference.im2col(x.astype(np.float64), kernel, (1, 1), padding, (1, 1))
-    dx = reference.col2im(weight.astype(np.float64).reshape(c_out, -1).T @ dz2, x.shape, kernel, (1, 1),
-                          padding, (1, 1))
-    return dx, (dz2 @ cols.T).reshape(weight.shape), dz2.sum(axis=1)
-
-
-def _assert_matches(actual, expected, dtype):
-    """float64 to 1e-10 relative; float32 to 1e-4 plus an atol scaled by the result's size."""
-    assert actual.dtype == dtype and actual.shape == expected.shape
-    scale = max(1.0, float(np.abs(expected).max()))
-    tol = dict(rtol=1e-10, atol=1e-12 * scale) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-5 * scale)
-    np.testing.assert_allclose(actual, expected, **tol)
-
-
-def _data(x_shape, c_out, kernel, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    weight = rng.standard_normal((c_out, x_shape[1], *kernel)).astype(dtype)
-    return x, weight, rng.standard_normal(c_out).astype(dtype)
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("x_shape, c_out, kernel, padding", CASES)
 def test_forward_matches_im2col(core_version, x_shape, c_out, kernel, padding, dtype):
-    x, weight, bias = _data(x_shape, c_out, kernel, dtype)
-    z = _im2col_conv(x, weight, padding)
-    _assert_matches(direct.conv(x, weight, padding), z, dtype)
-    _assert_matches(direct.conv(x, weight, padding, bias=bias), z + bias.astype(np.float64)[:, None, None], dtype)
+    x, weight, bias = conv_data(x_shape, c_out, kernel, dtype)
+    z = im2col_conv(x, weight, padding)
+    assert_matches(direct.conv(x, weight, padding), z, dtype)
+    assert_matches(direct.conv(x, weight, padding, bias=bias), z + bias.astype(np.float64)[:, None, None], dtype)
     y = direct.conv(x, weight, padding, bias=bias, relu=True)
-    _assert_matches(y, np.maximum(z + bias.astype(np.float64)[:, None, None], 0), dtype)
+    assert_matches(y, np.maximum(z + bias.astype(np.float64)[:, None, None], 0), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("x_shape, c_out, kernel, padding", CASES)
 def test_gradients_match_im2col(core_version, x_shape, c_out, kernel, padding, dtype):
-    x, weight, bias = _data(x_shape, c_out, kernel, dtype, seed=1)
+    x, weight, bias = conv_data(x_shape, c_out, kernel, dtype, seed=1)
     ho, wo = reference.output_hw(x_shape, kernel, (1, 1), padding)
     dy = np.random.default_rng(2).standard_normal((x_shape[0], c_out, ho, wo)).astype(dtype)
     dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding)
-    for actual, expected in zip((dx, dweight, dbias), _im2col_grads(dy, x, weight, padding)):
-        _assert_matches(actual, expected, dtype)
+    for actual, expected in zip((dx, dweight, dbias), im2col_grads(dy, x, weight, padding)):
+        assert_matches(actual, expected, dtype)
     # Through a ReLU: the gradient of z = conv + b is dy where y > 0, 0 elsewhere.
     y = direct.conv(x, weight, padding, bias=bias, relu=True)
     assert (y == 0).any() and (y > 0).any()
     dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding, relu_output=y)
-    for actual, expected in zip((dx, dweight, dbias), _im2col_grads(dy * (y > 0), x, weight, padding)):
-        _assert_matches(actual, expected, dtype)
+    for actual, expected in zip((dx, dweight, dbias), im2col_grads(dy * (y > 0), x, weight, padding)):
+        assert_matches(actual, expected, dtype)
     none, dweight_only, _ = direct.conv_backward(dy, x, weight, padding, relu_output=y, input_grad=False)
     assert none is None
     np.testing.assert_array_equal(dweight_only, dweight)
@@ -115,7 +81,7 @@ def test_a_hand_computed_case():
 
 def test_against_torch_autograd():
     torch = require_torch()
-    x, weight, bias = _data((3, 2, 9, 8), 4, (5, 5), np.float64, seed=3)
+    x, weight, bias = conv_data((3, 2, 9, 8), 4, (5, 5), np.float64, seed=3)
     padding = (2, 1, 0, 3)  # torch pads (left, right, top, bottom) through F.pad
     tx = torch.from_numpy(x.copy()).requires_grad_(True)
     tw = torch.from_numpy(weight.copy()).requires_grad_(True)
@@ -132,7 +98,7 @@ def test_against_torch_autograd():
 
 def test_nan_output_passes_no_gradient():
     """As torch's ReLU: where the output is NaN, ``NaN > 0`` is false and nothing flows back."""
-    x, weight, _ = _data((1, 1, 4, 4), 1, (3, 3), np.float64, seed=5)
+    x, weight, _ = conv_data((1, 1, 4, 4), 1, (3, 3), np.float64, seed=5)
     y = np.abs(direct.conv(x, weight, (1, 1, 1, 1))) + 1
     y[0, 0, 1, 2] = np.nan
     dy = np.ones_like(y)
@@ -144,15 +110,15 @@ def test_an_infinite_gradient_gives_the_exact_infinities():
     """An Inf in ``dy``'s first element: the taps that multiply it by a padding zero are NaN,
     the others +-Inf, as in the im2col GEMM (sums that started from an Inf-derived "zero"
     would be NaN everywhere), and the other channel does not notice."""
-    x, weight, _ = _data((2, 1, 6, 6), 2, (5, 5), np.float32, seed=6)
+    x, weight, _ = conv_data((2, 1, 6, 6), 2, (5, 5), np.float32, seed=6)
     dy = np.random.default_rng(7).standard_normal((2, 2, 6, 6)).astype(np.float32)
     dy[0, 0, 0, 0] = np.inf
     _, dweight, dbias = direct.conv_backward(dy, x, weight, (2, 2, 2, 2), input_grad=False)
     with np.errstate(invalid="ignore"):  # Inf * 0 in the reference GEMM: the NaN is the point
-        _, expected, _ = _im2col_grads(dy, x, weight, (2, 2, 2, 2))
+        _, expected, _ = im2col_grads(dy, x, weight, (2, 2, 2, 2))
     assert np.isnan(expected[0]).any() and np.isinf(expected[0]).any() and np.isfinite(expected[1]).all()
     assert dbias[0] == np.inf
-    _assert_matches(dweight, expected.astype(np.float32), np.float32)  # NaN and Inf where expected
+    assert_matches(dweight, expected.astype(np.float32), np.float32)  # NaN and Inf where expected
 
 
 def test_applies():
@@ -164,7 +130,7 @@ def test_applies():
 
 
 def test_errors_name_the_function_and_the_shapes():
-    x, weight, _ = _data((2, 3, 6, 6), 4, (3, 3), np.float32)
+    x, weight, _ = conv_data((2, 3, 6, 6), 4, (3, 3), np.float32)
     with pytest.raises(ValueError, match=r"direct.conv expected a \(C_out, 3, kh, kw\) weight, got shape \(4, 2, 3, 3\)"):
         direct.conv(x, weight[:, :2], (1, 1, 1, 1))
     with pytest.raises(ValueError, match=r"direct.conv expected a float32/float64 array of 4 dimensions, got float32 \(3, 6, 6\)"):

@@ -373,32 +373,42 @@ def _run(layer, x, dy, training):
     return y, dx, {k: g.copy() for k, g in layer.grads.items()}
 
 
+def _fast_path_matches_im2col(monkeypatch, training, counted, switch, layer, x, dy):
+    """Run ``layer`` through a fast path (``counted`` = (module, function) it calls once per
+    forward), then with ``switch`` = (module, name, off, on) set to ``off`` through im2col:
+    equal outputs and gradients; then, ``on`` again, as a first layer (``skip_input_grad``):
+    no dx and the same parameter gradients. Returns the calls counted."""
+    calls = []
+    original = getattr(*counted)
+    monkeypatch.setattr(*counted, lambda *a, **k: calls.append(1) or original(*a, **k))
+    fast = _run(layer, x, dy, training)
+    assert calls == [1]
+    monkeypatch.setattr(switch[0], switch[1], switch[2])  # the same layer through im2col
+    im2col = _run(layer, x, dy, training)
+    assert calls == [1]
+    for a, b in zip(fast[:2], im2col[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for name in fast[2]:
+        np.testing.assert_allclose(fast[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
+    layer.skip_input_grad = True
+    monkeypatch.setattr(switch[0], switch[1], switch[3])
+    layer.forward(x, training=training)
+    assert layer.backward(dy) is None and calls == [1, 1]
+    for name in fast[2]:
+        np.testing.assert_allclose(layer.grads[name], im2col[2][name], rtol=1e-10, atol=1e-12)
+    return calls
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("kwargs", [dict(activation="relu"), dict(activation="tanh", bias=False), dict()],
                          ids=["relu", "tanh-nobias", "linear"])
 def test_batch_inner_path_is_taken_and_matches_im2col(monkeypatch, training, kwargs):
-    calls = []
-    original = kernels.batch_inner.conv
-    monkeypatch.setattr(kernels.batch_inner, "conv", lambda *a, **k: calls.append(1) or original(*a, **k))
-    x, layer = _input((5, 3, 9, 8), np.float64), Conv2D(4, 3, stride=2, padding=1, dtype=np.float64, **kwargs)
-    dy = _input((5, 4, 5, 4), np.float64, seed=2)
-    batch_inner = _run(layer, x, dy, training)
-    assert calls == [1]  # batch 5 >= 4, output 4 wide <= 16
-    monkeypatch.setattr(kernels, "BATCH_INNER_MIN_BATCH", 6)  # the same layer through im2col
-    im2col = _run(layer, x, dy, training)
-    assert calls == [1]
-    for a, b in zip(batch_inner[:2], im2col[:2]):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    for name in batch_inner[2]:
-        np.testing.assert_allclose(batch_inner[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
-    layer.skip_input_grad = True  # a first layer: the gradients, no dx
-    monkeypatch.setattr(kernels, "BATCH_INNER_MIN_BATCH", 4)
-    layer.forward(x, training=training)
-    assert layer.backward(dy) is None and calls == [1, 1]
-    for name in batch_inner[2]:
-        np.testing.assert_allclose(layer.grads[name], im2col[2][name], rtol=1e-10, atol=1e-12)
+    layer = Conv2D(4, 3, stride=2, padding=1, dtype=np.float64, **kwargs)  # batch 5 >= 4, output 4 wide <= 16
+    calls = _fast_path_matches_im2col(monkeypatch, training, (kernels.batch_inner, "conv"),
+                                      (kernels, "BATCH_INNER_MIN_BATCH", 6, 4), layer,
+                                      _input((5, 3, 9, 8), np.float64), _input((5, 4, 5, 4), np.float64, seed=2))
     monkeypatch.setattr(kernels, "BATCH_INNER_MAX_WIDTH", 3)  # too wide now
-    layer.forward(x, training=training)
+    layer.forward(_input((5, 3, 9, 8), np.float64), training=training)
     assert calls == [1, 1]
 
 
@@ -468,26 +478,9 @@ def test_winograd_path_is_taken_and_matches_im2col(monkeypatch, training):
 @pytest.mark.parametrize("kwargs", [dict(activation="relu"), dict(activation="tanh", bias=False), dict()],
                          ids=["relu", "tanh-nobias", "linear"])
 def test_direct_path_is_taken_and_matches_im2col(monkeypatch, training, kwargs):
-    calls = []
-    original = kernels.direct.conv
-    monkeypatch.setattr(kernels.direct, "conv", lambda *a, **k: calls.append(1) or original(*a, **k))
-    x, layer = _input((3, 1, 9, 8), np.float64), Conv2D(6, 5, padding=2, dtype=np.float64, **kwargs)
-    dy = _input((3, 6, 9, 8), np.float64, seed=2)
-    direct = _run(layer, x, dy, training)
-    assert calls == [1]
-    monkeypatch.setattr(kernels, "DIRECT_MAX_TAPS", 0)  # the same layer through im2col
-    im2col = _run(layer, x, dy, training)
-    assert calls == [1]
-    for a, b in zip(direct[:2], im2col[:2]):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    for name in direct[2]:
-        np.testing.assert_allclose(direct[2][name], im2col[2][name], rtol=1e-10, atol=1e-12)
-    layer.skip_input_grad = True  # a first layer: the gradients, no dx
-    monkeypatch.setattr(kernels, "DIRECT_MAX_TAPS", 25)
-    layer.forward(x, training=training)
-    assert layer.backward(dy) is None and calls == [1, 1]
-    for name in direct[2]:
-        np.testing.assert_allclose(layer.grads[name], im2col[2][name], rtol=1e-10, atol=1e-12)
+    _fast_path_matches_im2col(monkeypatch, training, (kernels.direct, "conv"), (kernels, "DIRECT_MAX_TAPS", 0, 25),
+                              Conv2D(6, 5, padding=2, dtype=np.float64, **kwargs),
+                              _input((3, 1, 9, 8), np.float64), _input((3, 6, 9, 8), np.float64, seed=2))
 
 
 @pytest.mark.parametrize("factory, x_shape", [
