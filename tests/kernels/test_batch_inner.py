@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from minicnn import backend, kernels
 from minicnn.kernels import batch_inner, cpu, reference
 from tests.helpers import require_torch
 from tests.kernels.conv_oracles import assert_matches, conv_data, im2col_conv, im2col_grads
@@ -191,3 +192,31 @@ def test_errors_name_the_function_and_the_shapes():
         batch_inner.conv_backward(y[..., :2], x, weight, (1, 1), (0, 0, 0, 0))
     with pytest.raises(ValueError, match=r"batch_inner\.col2im expected cols of shape \(27, 18\)"):
         batch_inner.col2im(np.zeros((27, 17), np.float32), x.shape, (3, 3), (1, 1), (0, 0, 0, 0))
+
+
+def test_batch_inner_pays_by_batch_width_and_workspace(monkeypatch):
+    weight = (4, 3, 3, 3)
+    args = ((1, 1), (1, 1, 1, 1))
+    assert kernels.batch_inner_pays(np.zeros((4, 3, 16, 16), np.float32), weight, *args)       # 16 wide
+    assert not kernels.batch_inner_pays(np.zeros((4, 3, 17, 17), np.float32), weight, *args)   # 17 wide
+    assert not kernels.batch_inner_pays(np.zeros((3, 3, 8, 8), np.float32), weight, *args)     # batch 3
+    assert kernels.batch_inner_pays(np.zeros((4, 3, 20, 20), np.float32), weight, (2, 2), (1, 1, 1, 1))
+    monkeypatch.setattr(backend, "_workspace_bytes", 27 * 64 * 4 * 16 - 1)  # one block of 16: 27 x 64 x 4 B each
+    assert not kernels.batch_inner_pays(np.zeros((16, 3, 8, 8), np.float32), weight, *args)
+    assert kernels.batch_inner_pays(np.zeros((15, 3, 8, 8), np.float32), weight, *args)
+
+
+def test_no_cpu_only_path_is_taken_for_gpu_arrays(monkeypatch):
+    """Winograd, the direct kernels and the batch-inner columns are CPU-only: their deciders
+    must say no for a CuPy array (emulated: an ndarray subclass registered as CuPy's)."""
+    class FakeCupyArray(np.ndarray):
+        pass
+
+    monkeypatch.setattr(backend, "_cupy", type("FakeCupy", (), {"ndarray": FakeCupyArray}))
+    cases = [(kernels.batch_inner_pays, (8, 3, 8, 8), (4, 3, 3, 3)),
+             (kernels.direct_pays, (8, 1, 8, 8), (4, 1, 3, 3)),
+             (kernels.winograd_pays, (64, 64, 32, 32), (64, 64, 3, 3))]
+    for pays, x_shape, weight_shape in cases:
+        x = np.zeros(x_shape, np.float32)
+        assert pays(x, weight_shape, (1, 1), (1, 1, 1, 1)), pays.__name__  # a NumPy array: yes
+        assert not pays(x.view(FakeCupyArray), weight_shape, (1, 1), (1, 1, 1, 1)), pays.__name__
