@@ -19,8 +19,8 @@ Then a tap's values for one output row of a block are ``Wo*B`` consecutive float
 input (at stride 1): one copy of 160 floats for LeNet-5's conv2 instead of sixteen of 10.
 Why blocks and not the whole batch innermost: the transposes at both ends (below) then read
 and write a few streams at a time, which the hardware prefetcher follows; a whole batch of
-32 samples innermost made them jump 128 KB between samples, and a transpose of a 4 MB
-gradient took 3.3 ms instead of 0.3.
+32 samples innermost made them jump 128 KB between samples, and in a 32x3x32x32 -> 32 layer
+the transposes into the layout took 3.3 ms a call in place against 0.9 with blocks of 16.
 
 The GEMMs do not mind: ``Y2 = W2 @ cols`` is the same product with its columns in another
 order, and so are ``dW2 = dY2 @ cols.T`` and ``dcols = W2.T @ dY2``. Only the ends change:
@@ -45,7 +45,7 @@ from numba import prange
 
 from minicnn.backend import get_workspace_limit, scratch
 
-from .cpu import _kernel, _unsigned, _valid_range, matmul_nt
+from .cpu import _geometry, _kernel, _unsigned, _valid_range, matmul_nt
 from .reference import check_conv_operands, output_hw
 
 __all__ = ["conv", "conv_backward", "im2col", "col2im", "column_order", "BATCH_BLOCK", "BLOCK_BYTES"]
@@ -181,11 +181,6 @@ def _col2im(cols, n, c, h, w, nb, s0, s1, dxb, kh, kw, sh, sw, pt, pl, dh, dw, h
 
 
 # ---------------------------------------------------------------- helpers
-def _geometry(kernel, stride, padding, dilation):
-    (kh, kw), (sh, sw), (pt, _, pl, _), (dh, dw) = kernel, stride, padding, dilation
-    return int(kh), int(kw), int(sh), int(sw), int(pt), int(pl), int(dh), int(dw)
-
-
 def _chunks(n: int, bytes_per_sample: int) -> list[tuple[int, int]]:
     """Sample ranges ``(start, stop)`` of whole blocks whose columns take about ``BLOCK_BYTES``,
     never more than the workspace limit, and at least one block each."""

@@ -97,14 +97,16 @@ def test_conv_and_gradients_match_reference(core_version, batch_block, x_shape, 
             assert_matches(actual, wanted, dtype)
 
 
-def test_chunks_of_blocks_match_one_chunk(monkeypatch):
-    """A workspace too small for the whole batch: chunks of whole blocks, the same numbers."""
+def test_chunks_of_blocks_match_the_oracle(monkeypatch):
+    """A workspace too small for the whole batch: chunks of whole blocks, and still the
+    reference's numbers."""
     x, weight, bias = conv_data((37, 3, 6, 5), 4, (3, 3), np.float64)
     args = ((1, 1), (1, 1, 0, 2), (1, 1))
-    whole, kept = batch_inner.conv(x, weight, *args, bias, True, keep_cols=True)
+    whole, z = _reference_conv(x, weight, bias, *args, relu=True)
     dy = np.random.default_rng(2).standard_normal(whole.shape)
-    grads = batch_inner.conv_backward(dy, x, weight, *args, whole, kept)
-    assert kept is not None
+    grads = _reference_grads(dy * (z > 0), x, weight, *args)
+    _, kept = batch_inner.conv(x, weight, *args, bias, True, keep_cols=True)
+    assert kept is not None  # one chunk by default
     monkeypatch.setattr(batch_inner, "BATCH_BLOCK", 4)
     monkeypatch.setattr(batch_inner, "BLOCK_BYTES", 27 * 30 * 8 * 8)  # two blocks of 4 samples per chunk
     calls = []
@@ -112,9 +114,9 @@ def test_chunks_of_blocks_match_one_chunk(monkeypatch):
     monkeypatch.setattr(batch_inner, "_columns", lambda *a: calls.append(a[4]) or original(*a))
     chunked, kept = batch_inner.conv(x, weight, *args, bias, True, keep_cols=True)
     assert kept is None and calls == [(s, min(s + 8, 37)) for s in range(0, 37, 8)]
-    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=1e-12)
+    assert_matches(chunked, whole, np.float64)
     for a, b in zip(batch_inner.conv_backward(dy, x, weight, *args, chunked, None), grads):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert_matches(a, b, np.float64)
 
 
 def test_kept_columns_are_reused_and_spent():
