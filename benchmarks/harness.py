@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-__all__ = ["time_pair", "sgemm_ceiling", "peak_memory", "memory_supported", "SETTLE_SECONDS"]
+__all__ = ["time_pair", "time_blocks", "sgemm_ceiling", "sgemm_call", "peak_memory", "memory_supported",
+           "SETTLE_SECONDS"]
 
 SETTLE_SECONDS = 0.3
 """Pause before each timed block: longer than OpenBLAS's default spin after its last GEMM."""
@@ -45,31 +46,47 @@ def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3
     (Strict alternation, call by call, charged each framework for the other's spinning
     threads on every call.) Rounds spread slow drifts in machine load over both.
     """
-    times_first, times_second = [], []
+    return time_blocks((first, second), warmup, repeats, rounds, settle)
+
+
+def time_blocks(fns, warmup: int = 3, repeats: int = 15, rounds: int = 3,
+                settle: float = SETTLE_SECONDS) -> tuple[float, ...]:
+    """Median milliseconds of each callable in ``fns``, timed in interleaved blocks (``time_pair``)."""
+    times = [[] for _ in fns]
     per_round = max(1, repeats // rounds)
     # Short calls get more repeats (blocks of about 0.15 s, at most 50 calls): on a shared
     # 2-core VM a 10 ms case moves by 10-30 % between blocks of 5, less between blocks of 15.
-    per_round = max(per_round, min(50, int(0.15 / max(_seconds(first), _seconds(second), 1e-4))))
+    per_round = max(per_round, min(50, int(0.15 / max(max(_seconds(fn) for fn in fns), 1e-4))))
     for _ in range(rounds):
-        for fn, times in ((first, times_first), (second, times_second)):
+        for fn, fn_times in zip(fns, times):
             time.sleep(settle)
             for _ in range(warmup):
                 fn()
             for _ in range(per_round):
                 start = time.perf_counter()
                 fn()
-                times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times_first), 1e3 * statistics.median(times_second)
+                fn_times.append(time.perf_counter() - start)
+    return tuple(1e3 * statistics.median(fn_times) for fn_times in times)
 
 
 def sgemm_ceiling(size: int = 2048, repeats: int = 7) -> float:
     """GFLOP/s of NumPy's float32 matmul (OpenBLAS) on ``size x size`` matrices: the best case."""
+    call, gflop = sgemm_call(size)
+    call()
+    best = min(_seconds(call) for _ in range(repeats))
+    return gflop / best
+
+
+def sgemm_call(size: int = 2048):
+    """``(fn, gflop)``: a zero-argument ``size x size`` float32 matmul (the ceiling's) and its GFLOP.
+
+    Timed alongside a case (``time_blocks``), its median says how fast BLAS ran while the case
+    did: on a shared host the best reading (``sgemm_ceiling``) and a busy minute differ by up
+    to 1.5x."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, size, size), dtype=np.float32)
     out = np.empty_like(a)
-    np.matmul(a, b, out=out)
-    best = min(_seconds(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
+    return (lambda: np.matmul(a, b, out=out)), 2 * size**3 / 1e9
 
 
 def _seconds(fn) -> float:

@@ -15,6 +15,9 @@ def verdicts(row: dict, ceiling: float) -> list[str]:
     if row.get("min_ceiling") is not None and row.get("gflops") is not None:
         ok = row["gflops"] >= row["min_ceiling"] * ceiling
         out.append(f"{'PASS' if ok else 'MISS'} >={100 * row['min_ceiling']:.0f}% sgemm")
+        if row.get("sgemm_alongside_gflops"):  # a diagnostic, not the target: see sgemm_call
+            out[-1] += (f" ({100 * row['gflops'] / row['sgemm_alongside_gflops']:.0f}% of the "
+                        f"{row['sgemm_alongside_gflops']:.0f} GFLOP/s sgemm timed alongside)")
     return out
 
 

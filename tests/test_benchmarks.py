@@ -37,3 +37,24 @@ def test_a_quick_run_prints_json_with_ratios_and_verdicts(capsys):
     assert row["minicnn_ms"] > 0 and row["torch_ms"] > 0
     assert row["ratio"] == pytest.approx(row["minicnn_ms"] / row["torch_ms"])
     assert row["verdicts"] and row["verdicts"][0].split()[0] in ("PASS", "MISS")
+
+
+def test_time_blocks_times_each_callable_in_every_round():
+    order = []
+    fns = [lambda name=name: order.append(name) for name in "abc"]
+    medians = harness.time_blocks(fns, warmup=0, repeats=2, rounds=2, settle=0)
+    assert len(medians) == 3 and all(ms >= 0 for ms in medians)
+    # after the probe call of each, blocks of one callable at a time, a, b, c, a, b, c
+    blocks = [name for i, name in enumerate(order[3:]) if i == 0 or order[3 + i - 1] != name]
+    assert blocks == list("abcabc")
+
+
+def test_the_sgemm_timed_alongside_is_reported_but_the_target_stays_the_ceiling():
+    from benchmarks.report import verdicts
+
+    row = {"min_ceiling": 0.7, "gflops": 100.0, "sgemm_alongside_gflops": 125.0}
+    (verdict,) = verdicts(row, ceiling=180.0)
+    assert verdict.startswith("MISS >=70% sgemm") and "80% of the 125 GFLOP/s sgemm timed alongside" in verdict
+    assert verdicts(dict(row, gflops=130.0), ceiling=180.0)[0].startswith("PASS")
+    fn, gflop = harness.sgemm_call(64)
+    assert fn().shape == (64, 64) and gflop == pytest.approx(2 * 64**3 / 1e9)
