@@ -58,12 +58,14 @@ def main(argv=None) -> int:
         try:
             run_minicnn, run_torch = case.build()
             if case.min_ceiling is None:
-                minicnn_ms, torch_ms = time_blocks((run_minicnn, run_torch), repeats=repeats)
+                timings = time_blocks((run_minicnn, run_torch), repeats=repeats)
             else:  # also the ceiling's matmul, in the same rounds: how fast BLAS ran meanwhile
                 run_sgemm, sgemm_gflop = _recording_best(*sgemm_call())
-                minicnn_ms, torch_ms, sgemm_ms = time_blocks((run_minicnn, run_torch, run_sgemm), repeats=repeats)
-                row["sgemm_alongside_gflops"] = sgemm_gflop / (sgemm_ms / 1e3)
+                timings = time_blocks((run_minicnn, run_torch, run_sgemm), repeats=repeats)
+                row["sgemm_alongside_gflops"] = sgemm_gflop / (timings.medians[2] / 1e3)
                 sgemm_readings.append(run_sgemm.best_gflops)
+            minicnn_ms, torch_ms = timings.medians[:2]
+            row["ratio_by_round"] = [ms[0] / ms[1] for ms in timings.by_round]
         except Exception as exc:  # a layer or model not written yet: report and carry on
             row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)

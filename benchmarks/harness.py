@@ -22,10 +22,11 @@ import ctypes
 import gc
 import statistics
 import time
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["time_pair", "time_blocks", "sgemm_ceiling", "sgemm_call", "peak_memory", "memory_supported",
+__all__ = ["time_pair", "time_blocks", "Timings", "sgemm_ceiling", "sgemm_call", "peak_memory", "memory_supported",
            "SETTLE_SECONDS"]
 
 SETTLE_SECONDS = 0.3
@@ -46,13 +47,21 @@ def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3
     (Strict alternation, call by call, charged each framework for the other's spinning
     threads on every call.) Rounds spread slow drifts in machine load over both.
     """
-    return time_blocks((first, second), warmup, repeats, rounds, settle)
+    return time_blocks((first, second), warmup, repeats, rounds, settle).medians
+
+
+class Timings(NamedTuple):
+    medians: tuple    # milliseconds, one per callable: the median of all its timed calls
+    by_round: tuple   # per round, the median of each callable's calls in that round
 
 
 def time_blocks(fns, warmup: int = 3, repeats: int = 15, rounds: int = 3,
-                settle: float = SETTLE_SECONDS) -> tuple[float, ...]:
-    """Median milliseconds of each callable in ``fns``, timed in interleaved blocks (``time_pair``)."""
+                settle: float = SETTLE_SECONDS) -> Timings:
+    """Medians in milliseconds of each callable in ``fns``, timed in interleaved blocks
+    (``time_pair``), overall and round by round: how far the rounds disagree is how far
+    the machine moved while the case ran."""
     times = [[] for _ in fns]
+    by_round = []
     per_round = max(1, repeats // rounds)
     # Short calls get more repeats (blocks of about 0.15 s, at most 50 calls): on a shared
     # 2-core VM a 10 ms case moves by 10-30 % between blocks of 5, less between blocks of 15.
@@ -66,7 +75,8 @@ def time_blocks(fns, warmup: int = 3, repeats: int = 15, rounds: int = 3,
                 start = time.perf_counter()
                 fn()
                 fn_times.append(time.perf_counter() - start)
-    return tuple(1e3 * statistics.median(fn_times) for fn_times in times)
+        by_round.append(tuple(1e3 * statistics.median(fn_times[-per_round:]) for fn_times in times))
+    return Timings(tuple(1e3 * statistics.median(fn_times) for fn_times in times), tuple(by_round))
 
 
 def sgemm_ceiling(size: int = 2048, repeats: int = 7) -> float:

@@ -37,13 +37,27 @@ def test_a_quick_run_prints_json_with_ratios_and_verdicts(capsys):
     assert row["minicnn_ms"] > 0 and row["torch_ms"] > 0
     assert row["ratio"] == pytest.approx(row["minicnn_ms"] / row["torch_ms"])
     assert row["verdicts"] and row["verdicts"][0].split()[0] in ("PASS", "MISS")
+    assert len(row["ratio_by_round"]) == 3  # three rounds, each with its own ratio
+
+
+def test_the_table_and_plot_show_the_per_round_range(tmp_path):
+    from benchmarks.report import format_table, plot_ratios
+
+    row = {"name": "L9 conv", "minicnn_ms": 2.0, "torch_ms": 2.5, "ratio": 0.8, "ratio_by_round": [0.75, 0.8, 1.3],
+           "gflops": None, "minicnn_mib": None, "torch_mib": None, "max_ratio": 1.2}
+    table = format_table([row], {"sgemm_gflops": 150.0, "threads": 2, "numba_threading_layer": "workqueue",
+                                 "repeats": 15})
+    assert "0.75-1.30" in table and "PASS ratio<=1.2" in table
+    plot_ratios([row], tmp_path / "ratios.png")
+    assert (tmp_path / "ratios.png").stat().st_size > 0
 
 
 def test_time_blocks_times_each_callable_in_every_round():
     order = []
     fns = [lambda name=name: order.append(name) for name in "abc"]
-    medians = harness.time_blocks(fns, warmup=0, repeats=2, rounds=2, settle=0)
+    medians, by_round = harness.time_blocks(fns, warmup=0, repeats=2, rounds=2, settle=0)
     assert len(medians) == 3 and all(ms >= 0 for ms in medians)
+    assert len(by_round) == 2 and all(len(r) == 3 for r in by_round)
     # after the probe call of each, blocks of one callable at a time, a, b, c, a, b, c
     blocks = [name for i, name in enumerate(order[3:]) if i == 0 or order[3 + i - 1] != name]
     assert blocks == list("abcabc")
