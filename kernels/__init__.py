@@ -93,18 +93,29 @@ WINOGRAD_MIN_WORK = 2**27
 """... and below this ``N * H * W * C_in * C_out`` the blocks are too small. Measured, forward +
 backward with ReLU (2 cores): L3 and L4 (2^28) 22-45 % faster than im2col; VGG-mini's layers
 at batch 32 (2^25) 0-40 % slower."""
+WINOGRAD_MIN_OUTPUT = 16
+"""... and the output at least this high and wide: on small planes the transforms' per-plane
+work outweighs the saved multiplications, however large the batch. Measured (layer forward +
+backward, medians of 6 blocks alternating, 2 cores; im2col vs Winograd): 8x8 outputs, 128
+channels, batch 128 / 256: 83 vs 100 / 171 vs 189 ms; 8x8, 64 channels, batch 512: 101 vs
+126; 4x4, 256 channels, batch 256: 139 vs 204; 12x12, 128 channels, batch 128: 167 vs 177.
+From 16x16 on Winograd wins: 16x16, 64 channels, batch 256: 175 vs 152; L4: 158 vs 127."""
 
 
 def winograd_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
     """Should a convolution of ``x`` by a ``weight_shape`` filter run through Winograd?
 
     Yes for NumPy input, 3x3 kernels at stride 1 without dilation, pads 0..2, at least
-    ``WINOGRAD_MIN_CHANNELS`` input and output channels and ``WINOGRAD_MIN_WORK``.
+    ``WINOGRAD_MIN_CHANNELS`` input and output channels, ``WINOGRAD_MIN_WORK``, and an
+    output of at least ``WINOGRAD_MIN_OUTPUT`` x ``WINOGRAD_MIN_OUTPUT``.
     """
     c_out, c_in = weight_shape[:2]
     work = x.shape[0] * x.shape[2] * x.shape[3] * c_in * c_out
-    return (not is_cupy_array(x) and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and work >= WINOGRAD_MIN_WORK
-            and winograd.applies(weight_shape[2:], stride, padding, dilation))
+    if is_cupy_array(x) or min(c_in, c_out) < WINOGRAD_MIN_CHANNELS or work < WINOGRAD_MIN_WORK:
+        return False
+    if not winograd.applies(weight_shape[2:], stride, padding, dilation):
+        return False
+    return min(output_hw(x.shape, weight_shape[2:], stride, padding, dilation)) >= WINOGRAD_MIN_OUTPUT
 
 
 

@@ -170,6 +170,21 @@ def test_applies():
     assert not winograd.applies((3, 3), (1, 1), (3, 1, 1, 1), (1, 1))
 
 
+@pytest.mark.parametrize("x_shape, c_out, padding, pays", [
+    ((64, 64, 32, 32), 64, (1, 1, 1, 1), True),       # L3
+    ((64, 128, 16, 16), 128, (1, 1, 1, 1), True),     # L4: 16x16 output, the smallest that pays
+    ((256, 128, 8, 8), 128, (1, 1, 1, 1), False),     # work enough, but an 8x8 output
+    ((256, 64, 16, 16), 64, (0, 0, 0, 0), False),     # 14x14 without padding
+    ((32, 32, 32, 32), 32, (1, 1, 1, 1), False),      # VGG-mini's: too little work
+    ((64, 8, 32, 32), 64, (1, 1, 1, 1), False),       # too few input channels
+], ids=["L3", "L4", "8x8", "14x14", "small-work", "8-channels"])
+def test_winograd_pays_for_large_layers_with_large_outputs(x_shape, c_out, padding, pays):
+    from minicnn import kernels
+
+    x = np.empty(x_shape, np.float32)
+    assert kernels.winograd_pays(x, (c_out, x_shape[1], 3, 3), (1, 1), padding) is pays
+
+
 def test_bad_inputs():
     x, weight, _ = _data((2, 3, 6, 6), 4, np.float32)
     with pytest.raises(ValueError, match=r"winograd.conv3x3 expected x .* 4 dimensions, got shape \(3, 6, 6\)"):

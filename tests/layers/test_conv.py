@@ -221,6 +221,7 @@ def _case_id(shape, kwargs):
 def winograd_on_small_inputs(monkeypatch):
     """Layers take the Winograd path only on large inputs; these tests' inputs are small."""
     monkeypatch.setattr(kernels, "WINOGRAD_MIN_WORK", 0)
+    monkeypatch.setattr(kernels, "WINOGRAD_MIN_OUTPUT", 1)
 
 
 ALL_CASES = [pytest.param(family, shape, kwargs, id=f"{family}-{_case_id(shape, kwargs)}")
