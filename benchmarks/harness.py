@@ -26,28 +26,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["time_pair", "time_blocks", "Timings", "sgemm_ceiling", "sgemm_call", "peak_memory", "memory_supported",
+__all__ = ["time_blocks", "Timings", "sgemm_ceiling", "sgemm_call", "peak_memory", "memory_supported",
            "SETTLE_SECONDS"]
 
 SETTLE_SECONDS = 0.3
 """Pause before each timed block: longer than OpenBLAS's default spin after its last GEMM."""
-
-
-def time_pair(first, second, warmup: int = 3, repeats: int = 15, rounds: int = 3,
-              settle: float = SETTLE_SECONDS) -> tuple[float, float]:
-    """Median milliseconds of ``first()`` and ``second()``, timed in interleaved blocks.
-
-    Each of ``rounds`` rounds waits ``settle`` seconds, warms up and times ``first`` back to
-    back, then does the same for ``second``. Back-to-back calls are how a framework runs in
-    training: one framework at a time, its own thread pools warm. The pause before each
-    block lets the other framework's idle workers stop spinning first: OpenBLAS's spin for
-    up to ~0.1 s after a GEMM (``OPENBLAS_THREAD_TIMEOUT``), torch's OpenMP workers for a
-    while too, and on 2 cores a spinning pool slows whoever runs next (torch's L2 measured
-    2.8-3.9 ms after a pause, 6.6-8.8 ms right after minicnn's block; see docs/benchmarks.md).
-    (Strict alternation, call by call, charged each framework for the other's spinning
-    threads on every call.) Rounds spread slow drifts in machine load over both.
-    """
-    return time_blocks((first, second), warmup, repeats, rounds, settle).medians
 
 
 class Timings(NamedTuple):
@@ -57,9 +40,20 @@ class Timings(NamedTuple):
 
 def time_blocks(fns, warmup: int = 3, repeats: int = 15, rounds: int = 3,
                 settle: float = SETTLE_SECONDS) -> Timings:
-    """Medians in milliseconds of each callable in ``fns``, timed in interleaved blocks
-    (``time_pair``), overall and round by round: how far the rounds disagree is how far
-    the machine moved while the case ran."""
+    """Medians in milliseconds of each callable in ``fns``, timed in interleaved blocks,
+    overall and round by round.
+
+    Each of ``rounds`` rounds, for each callable in turn, waits ``settle`` seconds, warms
+    up and times it back to back. Back-to-back calls are how a framework runs in training:
+    one framework at a time, its own thread pools warm. The pause before each block lets
+    the other framework's idle workers stop spinning first: OpenBLAS's spin for up to
+    ~0.1 s after a GEMM (``OPENBLAS_THREAD_TIMEOUT``), torch's OpenMP workers for a while
+    too, and on 2 cores a spinning pool slows whoever runs next (torch's L2 measured
+    2.8-3.9 ms after a pause, 6.6-8.8 ms right after minicnn's block; see docs/benchmarks.md).
+    (Strict alternation, call by call, charged each framework for the other's spinning
+    threads on every call.) Rounds spread slow drifts in machine load over all of them;
+    how far the rounds disagree is how far the machine moved while the case ran.
+    """
     times = [[] for _ in fns]
     by_round = []
     per_round = max(1, repeats // rounds)

@@ -10,7 +10,7 @@ from benchmarks import harness
 from tests.helpers import require_torch
 
 
-def test_time_pair_times_both_and_gives_short_calls_more_repeats():
+def test_time_blocks_times_both_and_gives_short_calls_more_repeats():
     calls = {"a": 0, "b": 0}
 
     def first():
@@ -19,7 +19,7 @@ def test_time_pair_times_both_and_gives_short_calls_more_repeats():
     def second():
         calls["b"] += 1
 
-    a_ms, b_ms = harness.time_pair(first, second, warmup=1, repeats=3, rounds=3, settle=0)
+    a_ms, b_ms = harness.time_blocks((first, second), warmup=1, repeats=3, rounds=3, settle=0).medians
     assert a_ms >= 0 and b_ms >= 0
     # Calls of a few microseconds: each round times up to 50 of each, plus warm-up and a probe.
     assert calls["a"] == calls["b"] > 3 * 3
