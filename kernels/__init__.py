@@ -18,7 +18,7 @@ __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw", "reference", "cpu",
+    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "matmul_each", "sum_matmul_nt", "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw", "reference", "cpu",
     "winograd", "direct", "batch_inner",
 ]
 
@@ -82,6 +82,14 @@ def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
 
 def matmul_nt(a, b):
     return _impl(a).matmul_nt(a, b)
+
+
+def matmul_each(a, b, out):
+    return _impl(b).matmul_each(a, b, out)
+
+
+def sum_matmul_nt(a, b):
+    return _impl(a).sum_matmul_nt(a, b)
 
 
 # Winograd F(2x2, 3x3) (``winograd.py``, called as ``kernels.winograd.conv3x3`` etc.): CPU only,

@@ -42,6 +42,7 @@ __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
     "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
     "batchnorm_forward", "batchnorm_backward", "conv_epilogue", "conv_epilogue_backward", "matmul_nt",
+    "matmul_each", "sum_matmul_nt", "matmuls_side_by_side",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -666,3 +667,104 @@ def matmul_nt(a, b):
     padded[:m] = a
     padded[m:] = 0  # rows of their own in the product: only keep garbage (denormals, NaN) out
     return (padded @ b.T)[:m]
+
+
+# ---------------------------------------------------------------- independent GEMMs, side by side
+# Winograd runs 16 small GEMMs per block of samples (``(64, 64) @ (64, 2048)`` on L3: ~0.2 ms
+# each). Each one split over OpenBLAS's threads ends in a barrier, so the slower core sets
+# the pace 16 times per block; on the shared 2-core benchmark host the 16 GEMMs of one block
+# took a median 3.2-3.9 ms that way and 2.9-3.7 ms with each GEMM on one thread and the
+# threads taking GEMMs from a common list (4.7 against 6.8 ms while another process was
+# busy). ``matmuls_side_by_side`` runs independent products that way.
+GEMMS_SIDE_BY_SIDE = True
+"""Tests switch this off to compare; ``False`` runs the products one after another."""
+_blas_libraries = None   # threadpoolctl's controllers of the loaded BLAS libraries
+_gemm_pool = None        # worker threads beside the calling one
+
+
+def _side_by_side_pool(workers: int):
+    global _gemm_pool, _blas_libraries
+    if _blas_libraries is None:
+        import threadpoolctl
+        _blas_libraries = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                           if lib.user_api == "blas"]
+    if _gemm_pool is None or _gemm_pool._max_workers < workers:
+        from concurrent.futures import ThreadPoolExecutor
+        _gemm_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minicnn-gemm")
+    return _gemm_pool
+
+
+SIDE_BY_SIDE_MIN_FLOP = 12e6
+"""Products smaller than this run one after another. Measured in MobileNet-mini's step (batch
+32, pointwise products of 4-8 MFLOP): side by side each 1x1 layer alone ran 20-35 % faster,
+but in the model the step ran 125 against 109 ms; the layers around them slowed down too
+(OpenBLAS wakes its workers when its thread count goes back up, and they spin a while).
+Winograd's L3/L4 products (17-34 MFLOP) and L6's (17) win in place."""
+
+
+def matmuls_side_by_side(count: int, product, flop_each: float = float("inf")) -> None:
+    """Call ``product(k)`` for ``k`` in ``range(count)``: independent BLAS products, each
+    writing its own output, at once on minicnn's threads with one BLAS thread each (if each
+    does at least ``SIDE_BY_SIDE_MIN_FLOP``, ``flop_each``).
+
+    The threads take the next ``k`` from a shared iterator (``next`` on it is atomic under
+    the GIL, which NumPy releases inside the GEMM), so a thread slowed by the machine simply
+    does fewer. Which thread runs a product does not change its result (each runs on one
+    BLAS thread), so results do not depend on the scheduling. BLAS's thread count is
+    restored afterwards. With one thread, or ``GEMMS_SIDE_BY_SIDE`` off, the products run
+    one after another as usual.
+    """
+    import numba
+
+    workers = min(numba.get_num_threads(), count) if GEMMS_SIDE_BY_SIDE and flop_each >= SIDE_BY_SIDE_MIN_FLOP else 1
+    if workers <= 1:
+        for k in range(count):
+            product(k)
+        return
+    pool = _side_by_side_pool(workers - 1)
+    todo = iter(range(count))
+
+    def work():
+        for k in todo:
+            product(k)
+
+    saved = [lib.get_num_threads() for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(1)
+    try:
+        helpers = [pool.submit(work) for _ in range(workers - 1)]
+        work()
+        for helper in helpers:
+            helper.result()
+    finally:
+        for lib, threads in zip(_blas_libraries, saved):
+            lib.set_num_threads(threads)
+
+
+def matmul_each(a, b, out):
+    """``out[i] = a @ b[i]`` for every sample (``reference.matmul_each``), side by side."""
+    matmuls_side_by_side(b.shape[0], lambda i: np.matmul(a, b[i], out=out[i]), 2.0 * a.shape[0] * a.shape[1] * b.shape[2])
+    return out
+
+
+_SUM_GROUP_BYTES = 8 * 2**20
+"""Products of at most this many bytes in flight in ``sum_matmul_nt``."""
+
+
+def sum_matmul_nt(a, b):
+    """``sum_i a[i] @ b[i].T`` (``reference.sum_matmul_nt``): the products of a group of
+    samples side by side into a scratch buffer, then added in sample order, as the
+    reference adds them, so the sum is the same from run to run (``minicnn.seed``
+    promises bit-identical training)."""
+    n, m, p = a.shape[0], a.shape[1], b.shape[1]
+    dtype = np.result_type(a, b)
+    group = max(1, min(n, _SUM_GROUP_BYTES // (m * p * dtype.itemsize)))
+    products = scratch("sum_matmul_nt", (group, m, p), dtype)
+    total = np.zeros((m, p), dtype=dtype)
+    for start in range(0, n, group):
+        count = min(group, n - start)
+        matmuls_side_by_side(count, lambda j: np.matmul(a[start + j], b[start + j].T, out=products[j]),
+                             2.0 * m * p * a.shape[2])
+        for j in range(count):
+            total += products[j]
+    return total

@@ -18,11 +18,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from minicnn.backend import get_array_module
+
 __all__ = [
     "output_hw", "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "matmul_nt",
+    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "matmul_each", "sum_matmul_nt",
 ]
 
 
@@ -241,3 +243,20 @@ def matmul_nt(a, b):
     """``a @ b.T`` for ``a`` (M, K) and ``b`` (N, K): a convolution's weight gradient
     ``dY2 @ cols.T``. (The CPU version only works around a slow BLAS case.)"""
     return a @ b.T
+
+
+def matmul_each(a, b, out):
+    """``out[i] = a @ b[i]`` for every ``i`` of the stack ``b`` (N, K, P), ``a`` (M, K): a 1x1
+    convolution sample by sample. One GEMM per sample: ``matmul(a, b)`` would broadcast the
+    2-D ``a`` over the stack, a case NumPy 2.4 runs in its own loop instead of BLAS (50 ms
+    against 10 ms on a 64x64x32x32 input). NumPy or CuPy arrays."""
+    xp = get_array_module(b)
+    for i in range(b.shape[0]):
+        xp.matmul(a, b[i], out=out[i])
+    return out
+
+
+def sum_matmul_nt(a, b):
+    """``sum_i a[i] @ b[i].T`` for stacks ``a`` (N, M, K) and ``b`` (N, P, K): a 1x1
+    convolution's weight gradient, sample by sample. NumPy or CuPy arrays."""
+    return sum(a[i] @ b[i].T for i in range(a.shape[0]))

@@ -64,7 +64,7 @@ from numba import njit, prange
 
 from minicnn.backend import get_workspace_limit, scratch
 
-from .cpu import _kernel, _unsigned
+from .cpu import _kernel, _unsigned, matmuls_side_by_side
 
 __all__ = ["applies", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad"]
 
@@ -342,8 +342,10 @@ def conv3x3(x, weight, padding, bias=None, relu=False):
     y = np.empty((n, c_out, ho, wo), dtype=x.dtype)
     for part, cols, v, m in _tiled_blocks(n, c_in, c_out, tiles_h * tiles_w, x.dtype):
         _input_transform(_WORK_SCALE * v.nbytes, x, v, part.start, cols, pt, pl, tiles_h, tiles_w)
-        for k in range(16):  # a 3-D matmul runs BLAS matrix by matrix too: measured the same
-            np.matmul(u[k], v[k, :c_in * cols].reshape(c_in, cols), out=m[k, :c_out * cols].reshape(c_out, cols))
+        # 16 independent GEMMs, side by side on the threads (``cpu.matmuls_side_by_side``)
+        matmuls_side_by_side(16, lambda k: np.matmul(u[k], v[k, :c_in * cols].reshape(c_in, cols),
+                                                     out=m[k, :c_out * cols].reshape(c_out, cols)),
+                             2.0 * c_out * c_in * cols)
         _output_transform(_WORK_SCALE * m.nbytes, m, bias, y, part.start, cols, tiles_h, tiles_w, bool(relu))
     return y
 
@@ -408,8 +410,9 @@ def conv3x3_weight_grad(dz, x, padding):
     for part, cols, v, z in _tiled_blocks(n, c_in, c_out, tiles_h * tiles_w, x.dtype):
         _input_transform(_WORK_SCALE * v.nbytes, x, v, part.start, cols, pt, pl, tiles_h, tiles_w)
         _gradient_transform(_WORK_SCALE * z.nbytes, dz, z, part.start, cols, tiles_h, tiles_w)
-        for k in range(16):
+        def product(k):
             s[k] += z[k, :c_out * cols].reshape(c_out, cols) @ v[k, :c_in * cols].reshape(c_in, cols).T
+        matmuls_side_by_side(16, product, 2.0 * c_out * c_in * cols)
     s = s.reshape(4, 4, c_out, c_in).transpose(2, 3, 0, 1)  # (C_out, C_in, 4, 4)
     return (_G.T @ s @ _G).astype(x.dtype)                   # G^T S G, in float64: (C_out, C_in, 3, 3)
 

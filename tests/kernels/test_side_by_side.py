@@ -1,0 +1,74 @@
+"""Independent GEMMs side by side (``cpu.matmuls_side_by_side`` and the 1x1-convolution
+products built on it) against plain NumPy products in float64."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+from minicnn import threads
+from minicnn.kernels import cpu, reference
+
+
+@pytest.fixture(params=[True, False], ids=["side-by-side", "one-by-one"])
+def side_by_side(request, monkeypatch):
+    monkeypatch.setattr(cpu, "GEMMS_SIDE_BY_SIDE", request.param)
+    return request.param
+
+
+def _blas_threads():
+    return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+
+
+def test_every_product_runs_once_and_blas_threads_come_back(side_by_side):
+    before, seen, names = _blas_threads(), [], set()
+
+    def product(k):
+        seen.append(k)
+        names.add(threading.current_thread().name)
+        assert _blas_threads() == ([1] * len(before) if side_by_side and threads.get_num_threads() > 1 else before)
+
+    cpu.matmuls_side_by_side(40, product)  # no FLOP count: always side by side (when on)
+    assert sorted(seen) == list(range(40))
+    assert _blas_threads() == before
+    if not side_by_side:
+        assert names == {threading.current_thread().name}
+
+
+def test_an_error_in_a_product_propagates_and_blas_threads_come_back(side_by_side):
+    before = _blas_threads()
+
+    def product(k):
+        if k == 7:
+            raise ValueError("product 7 failed")
+
+    with pytest.raises(ValueError, match="product 7 failed"):
+        cpu.matmuls_side_by_side(20, product)
+    assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_each_equals_the_products(side_by_side, dtype):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((12, 9)).astype(dtype), rng.standard_normal((7, 9, 33)).astype(dtype)
+    out = np.full((7, 12, 33), np.nan, dtype)
+    cpu.matmul_each(a, b, out)
+    expected = np.einsum("mk,nkp->nmp", a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+    np.testing.assert_array_equal(reference.matmul_each(a, b, np.empty_like(out)), out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("group_bytes", [1, 2**23], ids=["one-per-group", "one-group"])
+def test_sum_matmul_nt_equals_the_sum_and_repeats_bit_for_bit(side_by_side, monkeypatch, dtype, group_bytes):
+    monkeypatch.setattr(cpu, "_SUM_GROUP_BYTES", group_bytes)
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((11, 6, 50)).astype(dtype), rng.standard_normal((11, 5, 50)).astype(dtype)
+    total = cpu.sum_matmul_nt(a, b)
+    expected = np.einsum("nmk,npk->mp", a.astype(np.float64), b.astype(np.float64))
+    assert total.shape == (6, 5) and total.dtype == dtype
+    np.testing.assert_allclose(total, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
+    for _ in range(5):  # the scheduling varies; the sum must not
+        np.testing.assert_array_equal(cpu.sum_matmul_nt(a, b), total)
