@@ -25,7 +25,9 @@ every element, so the hot loops carry no branches.
 
 GEMMs are not here: the convolution layers call ``x @ y``, which NumPy hands to
 OpenBLAS (see ``minicnn.threads`` for why the two thread pools must not fight);
-``matmul_nt`` only reshapes one case OpenBLAS runs slowly.
+``matmul_nt`` only reshapes one case OpenBLAS runs slowly, and ``matmuls_side_by_side``
+(with ``matmul_each`` and ``sum_matmul_nt`` on top) only decides which thread calls
+BLAS for each of many independent products.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from minicnn.kernels import cpu, reference
 @pytest.fixture(params=[True, False], ids=["side-by-side", "one-by-one"])
 def side_by_side(request, monkeypatch):
     monkeypatch.setattr(cpu, "GEMMS_SIDE_BY_SIDE", request.param)
+    monkeypatch.setattr(cpu, "SIDE_BY_SIDE_MIN_FLOP", 0)  # these products are small
     return request.param
 
 
@@ -30,7 +31,7 @@ def test_every_product_runs_once_and_blas_threads_come_back(side_by_side):
         names.add(threading.current_thread().name)
         assert _blas_threads() == ([1] * len(before) if side_by_side and threads.get_num_threads() > 1 else before)
 
-    cpu.matmuls_side_by_side(40, product)  # no FLOP count: always side by side (when on)
+    cpu.matmuls_side_by_side(40, product)
     assert sorted(seen) == list(range(40))
     assert _blas_threads() == before
     if not side_by_side:
@@ -72,3 +73,11 @@ def test_sum_matmul_nt_equals_the_sum_and_repeats_bit_for_bit(side_by_side, monk
     np.testing.assert_allclose(total, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-4)
     for _ in range(5):  # the scheduling varies; the sum must not
         np.testing.assert_array_equal(cpu.sum_matmul_nt(a, b), total)
+
+
+def test_small_products_run_one_after_another(monkeypatch):
+    monkeypatch.setattr(cpu, "GEMMS_SIDE_BY_SIDE", True)
+    names = set()
+    cpu.matmuls_side_by_side(20, lambda k: names.add(threading.current_thread().name),
+                             flop_each=cpu.SIDE_BY_SIDE_MIN_FLOP / 2)
+    assert names == {threading.current_thread().name}

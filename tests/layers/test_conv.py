@@ -219,9 +219,11 @@ def _case_id(shape, kwargs):
 
 @pytest.fixture(autouse=True)
 def winograd_on_small_inputs(monkeypatch):
-    """Layers take the Winograd path only on large inputs; these tests' inputs are small."""
+    """Layers take the Winograd path, and run their GEMMs side by side, only on large inputs;
+    these tests' inputs are small."""
     monkeypatch.setattr(kernels, "WINOGRAD_MIN_WORK", 0)
     monkeypatch.setattr(kernels, "WINOGRAD_MIN_OUTPUT", 1)
+    monkeypatch.setattr(kernels.cpu, "SIDE_BY_SIDE_MIN_FLOP", 0)
 
 
 ALL_CASES = [pytest.param(family, shape, kwargs, id=f"{family}-{_case_id(shape, kwargs)}")
