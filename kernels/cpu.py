@@ -714,7 +714,9 @@ def matmuls_side_by_side(count: int, product, flop_each: float = float("inf")) -
     does fewer. Which thread runs a product does not change its result (each runs on one
     BLAS thread), so results do not depend on the scheduling. BLAS's thread count is
     restored afterwards. With one thread, or ``GEMMS_SIDE_BY_SIDE`` off, the products run
-    one after another as usual.
+    one after another as usual. (BLAS's thread count is process-wide: another Python thread
+    calling BLAS meanwhile would run on one thread too; minicnn's kernels are not meant for
+    two threads at once anyway, see ``minicnn.threads``.)
     """
     import numba
 
