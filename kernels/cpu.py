@@ -32,6 +32,7 @@ BLAS for each of many independent products.
 from __future__ import annotations
 
 import types
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 from numba import njit, prange
@@ -691,7 +692,6 @@ def _side_by_side_pool(workers: int):
         _blas_libraries = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
                            if lib.user_api == "blas"]
     if _gemm_pool is None or _gemm_pool._max_workers < workers:
-        from concurrent.futures import ThreadPoolExecutor
         _gemm_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minicnn-gemm")
     return _gemm_pool
 
@@ -737,9 +737,12 @@ def matmuls_side_by_side(count: int, product, flop_each: float = float("inf")) -
         lib.set_num_threads(1)
     try:
         helpers = [pool.submit(work) for _ in range(workers - 1)]
-        work()
+        try:
+            work()
+        finally:  # even if a product here failed: nothing may still run when we return
+            wait(helpers)
         for helper in helpers:
-            helper.result()
+            helper.result()  # raises what a product on that thread raised
     finally:
         for lib, threads in zip(_blas_libraries, saved):
             lib.set_num_threads(threads)

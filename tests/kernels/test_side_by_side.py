@@ -3,6 +3,7 @@ products built on it) against plain NumPy products in float64."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -38,16 +39,22 @@ def test_every_product_runs_once_and_blas_threads_come_back(side_by_side):
         assert names == {threading.current_thread().name}
 
 
-def test_an_error_in_a_product_propagates_and_blas_threads_come_back(side_by_side):
-    before = _blas_threads()
+@pytest.mark.parametrize("failing", [0, 7, 19])
+def test_an_error_in_a_product_propagates_and_nothing_runs_on(side_by_side, failing):
+    before, done = _blas_threads(), []
 
     def product(k):
-        if k == 7:
-            raise ValueError("product 7 failed")
+        time.sleep(0.002)
+        if k == failing:
+            raise ValueError(f"product {k} failed")
+        done.append(k)
 
-    with pytest.raises(ValueError, match="product 7 failed"):
+    with pytest.raises(ValueError, match=f"product {failing} failed"):
         cpu.matmuls_side_by_side(20, product)
     assert _blas_threads() == before
+    finished = len(done)
+    time.sleep(0.05)
+    assert len(done) == finished  # no product still running after the call returned
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
