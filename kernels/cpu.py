@@ -35,7 +35,7 @@ import types
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from minicnn.backend import scratch
 
@@ -692,6 +692,8 @@ def _side_by_side_pool(workers: int):
         _blas_libraries = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
                            if lib.user_api == "blas"]
     if _gemm_pool is None or _gemm_pool._max_workers < workers:
+        if _gemm_pool is not None:  # minicnn.set_num_threads raised the thread count
+            _gemm_pool.shutdown(wait=False)
         _gemm_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minicnn-gemm")
     return _gemm_pool
 
@@ -718,9 +720,7 @@ def matmuls_side_by_side(count: int, product, flop_each: float = float("inf")) -
     calling BLAS meanwhile would run on one thread too; minicnn's kernels are not meant for
     two threads at once anyway, see ``minicnn.threads``.)
     """
-    import numba
-
-    workers = min(numba.get_num_threads(), count) if GEMMS_SIDE_BY_SIDE and flop_each >= SIDE_BY_SIDE_MIN_FLOP else 1
+    workers = min(get_num_threads(), count) if GEMMS_SIDE_BY_SIDE and flop_each >= SIDE_BY_SIDE_MIN_FLOP else 1
     if workers <= 1:
         for k in range(count):
             product(k)

@@ -88,3 +88,28 @@ def test_small_products_run_one_after_another(monkeypatch):
     cpu.matmuls_side_by_side(20, lambda k: names.add(threading.current_thread().name),
                              flop_each=cpu.SIDE_BY_SIDE_MIN_FLOP / 2)
     assert names == {threading.current_thread().name}
+
+
+def test_a_1x1_layers_gradients_repeat_bit_for_bit_side_by_side(monkeypatch):
+    """``minicnn.seed`` promises bit-identical training: the threads' scheduling must not leak
+    into a 1x1 convolution's weight gradient (a sum over samples)."""
+    from minicnn.layers import Conv2D
+
+    monkeypatch.setattr(cpu, "GEMMS_SIDE_BY_SIDE", True)
+    monkeypatch.setattr(cpu, "SIDE_BY_SIDE_MIN_FLOP", 0)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((24, 16, 9, 9)).astype(np.float32)
+    dy = rng.standard_normal((24, 32, 9, 9)).astype(np.float32)
+    layer = Conv2D(32, 1, in_channels=16)
+    runs = []
+    for _ in range(6):
+        y = layer.forward(x, training=True)
+        dx = layer.backward(dy)
+        runs.append((y.copy(), dx.copy(), {k: g.copy() for k, g in layer.grads.items()}))
+    for y, dx, grads in runs[1:]:
+        np.testing.assert_array_equal(y, runs[0][0])
+        np.testing.assert_array_equal(dx, runs[0][1])
+        for key in grads:
+            np.testing.assert_array_equal(grads[key], runs[0][2][key])
+    expected = np.einsum("nohw,nchw->oc", dy.astype(np.float64), x.astype(np.float64))
+    np.testing.assert_allclose(runs[0][2]["weight"].reshape(32, 16), expected, rtol=1e-4, atol=1e-3)
