@@ -124,6 +124,19 @@ def test_a_hand_computed_case():
     np.testing.assert_allclose(y[0, 0], [[45.0, 54.0], [81.0, 90.0]], rtol=1e-14)
 
 
+def test_filter_transform_is_g_g_gt_per_filter():
+    """``U[4a + b, o, c] = (G g G^T)[a, b]`` for each filter ``g = weight[o, c]``, with G written
+    out as in Lavin & Gray; the float32 result is the float64 product rounded once."""
+    g_matrix = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    weight = np.random.default_rng(7).standard_normal((3, 2, 3, 3)).astype(np.float32)
+    u = winograd._filter_transform(weight)
+    assert u.shape == (16, 3, 2) and u.dtype == np.float32
+    for o in range(3):
+        for c in range(2):
+            expected = g_matrix @ weight[o, c].astype(np.float64) @ g_matrix.T
+            np.testing.assert_array_equal(u[:, o, c], expected.reshape(16).astype(np.float32))
+
+
 def test_against_torch_autograd():
     torch = require_torch()
     x, weight, bias = _data((2, 3, 7, 6), 4, np.float64, seed=4)
