@@ -79,9 +79,12 @@ _G = np.array([[1.0, 0.0, 0.0],
 # G g G^T for every filter at once: with the 3x3 filter flattened to 9 values (3*p + q) and
 # the 4x4 result to 16 (k = 4*a + b), ``(G g G^T)[a, b] = sum_{p,q} G[a, p] G[b, q] g[p, q]``
 # is one (16, 9) matrix, the Kronecker product G (x) G, times the filter: so all C_out*C_in
-# filters are one small GEMM, and the weight gradient's G^T S G is its transpose times S.
-# (NumPy's stacked ``_G @ w @ _G.T`` did 2 * C_out*C_in tiny products: 10 ms on L4's
-# 128x128 filters, and as much again for the gradient; the GEMM takes 0.3-1 ms, same bits.)
+# filters are one product ``(C_out*C_in, 9) @ (G (x) G)^T``, and the weight gradient's
+# G^T S G is ``(C_out*C_in, 16) @ (G (x) G)``. (NumPy's stacked ``_G @ w @ _G.T`` did
+# 2 * C_out*C_in tiny products: 10 ms on L4's 128x128 filters, and as much again for the
+# gradient.) ``_rows_times`` computes them on the calling thread: as a BLAS call the
+# product woke OpenBLAS's threads, which then spun on the cores the transforms needed
+# (L3's forward 74 against 63 ms).
 _GG = np.kron(_G, _G)
 
 _BLOCK_BYTES = 8 * 2**20
@@ -110,6 +113,18 @@ def applies(kernel, stride, padding, dilation) -> bool:
 
 
 # ---------------------------------------------------------------- Numba cores
+@njit(cache=True)
+def _rows_times(a, b):
+    """``a @ b`` in float64 for many rows ``a`` (F, K) and a small ``b`` (K, P), on this thread."""
+    out = np.zeros((a.shape[0], b.shape[1]))
+    for i in range(a.shape[0]):
+        for q in range(a.shape[1]):
+            value = np.float64(a[i, q])
+            for k in range(b.shape[1]):
+                out[i, k] += value * b[q, k]
+    return out
+
+
 @njit(cache=True, inline="always")
 def _bt(a0, a1, a2, a3):
     """One 4-vector times B (or B^T times a column): ``(a0-a2, a1+a2, a2-a1, a1-a3)``."""
@@ -290,8 +305,8 @@ def _check_weight(weight, c_in, dtype, owner: str, what: str = "x"):
 def _filter_transform(weight):
     """``U[k] = (G g G^T)[k]`` for every filter: ``(16, C_out, C_in)``, k = 4*row + column."""
     c_out, c_in = weight.shape[:2]
-    u = _GG @ weight.reshape(c_out * c_in, 9).T   # (16, C_out*C_in), in float64 (_GG's dtype)
-    return u.astype(weight.dtype).reshape(16, c_out, c_in)
+    u = _rows_times(weight.reshape(c_out * c_in, 9), _GG.T)   # (C_out*C_in, 16), in float64
+    return np.ascontiguousarray(u.T, dtype=weight.dtype).reshape(16, c_out, c_in)
 
 
 def _tiled_blocks(n: int, c_in: int, c_out: int, tiles: int, dtype):
@@ -421,6 +436,6 @@ def conv3x3_weight_grad(dz, x, padding):
         def product(k):
             s[k] += z[k, :c_out * cols].reshape(c_out, cols) @ v[k, :c_in * cols].reshape(c_in, cols).T
         matmuls_side_by_side(16, product, 2.0 * c_out * c_in * cols)
-    dw = _GG.T @ s.reshape(16, c_out * c_in)               # G^T S G, in float64: (9, C_out*C_in)
-    return np.ascontiguousarray(dw.T, dtype=x.dtype).reshape(c_out, c_in, 3, 3)
+    dw = _rows_times(np.ascontiguousarray(s.reshape(16, c_out * c_in).T), _GG)  # G^T S G, float64
+    return dw.astype(x.dtype).reshape(c_out, c_in, 3, 3)
 
