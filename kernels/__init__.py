@@ -99,15 +99,19 @@ WINOGRAD_MIN_CHANNELS = 16
 """Below this many input or output channels the 16 GEMMs are too thin to beat im2col."""
 WINOGRAD_MIN_WORK = 2**27
 """... and below this ``N * H * W * C_in * C_out`` the blocks are too small. Measured, forward +
-backward with ReLU (2 cores): L3 and L4 (2^28) 22-45 % faster than im2col; VGG-mini's layers
-at batch 32 (2^25) 0-40 % slower."""
-WINOGRAD_MIN_OUTPUT = 16
+backward with ReLU (2 cores): L3 and L4 (2^28) 22-45 % faster than im2col. Below it the
+answer depends on the plane (eighth session, Winograd's time / im2col's, per round): at 2^25
+(VGG-mini's layers at batch 32) 0.81-0.86 for a 32x32 output of 32 channels, 0.91 for 16x16
+of 64, 1.85 for 8x8 of 128; at 2^24 1.11 (32x32) and 1.48-1.50 (16x16, 8x8). Not worth a
+rule of its own."""
+WINOGRAD_MIN_OUTPUT = 8
 """... and the output at least this high and wide: on small planes the transforms' per-plane
 work outweighs the saved multiplications, however large the batch. Measured (layer forward +
-backward, medians of 6 blocks alternating, 2 cores; im2col vs Winograd): 8x8 outputs, 128
-channels, batch 128 / 256: 83 vs 100 / 171 vs 189 ms; 8x8, 64 channels, batch 512: 101 vs
-126; 4x4, 256 channels, batch 256: 139 vs 204; 12x12, 128 channels, batch 128: 167 vs 177.
-From 16x16 on Winograd wins: 16x16, 64 channels, batch 256: 175 vs 152; L4: 158 vs 127."""
+backward, 8 interleaved rounds, 2 cores; Winograd's time / the im2col path's, per round):
+8x8 outputs, 128 channels, batch 256 / 128: 0.77 / 0.84; 8x8, 64 channels, batch 512: 0.76;
+12x12, 128 channels, batch 128: 0.70; 4x4, 256 channels, batch 256: 1.00. (The sixth session
+had measured 8x8 and 12x12 slower, 1.06-1.25, and set 16; since then the filter transforms
+got 10-30x cheaper and the blocks 4x larger.)"""
 
 
 def winograd_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:

@@ -32,7 +32,7 @@ input, viewed as ``(N, C, H*W)``, is already its own column matrix.
 Large 3x3 stride-1 convolutions on the CPU take a third road, Winograd's F(2x2, 3x3)
 (``kernels/winograd.py``): the same sums with 2.25x fewer multiplications, for the forward
 pass and both gradients. ``kernels.winograd_pays`` decides (3x3, stride 1, pads <= 2, at
-least 16 channels in and out, a large enough batch, an output of at least 16x16); the
+least 16 channels in and out, a large enough batch, an output of at least 8x8); the
 im2col form above stays the definition the tests and the teaching start from.
 
 Stride-1 layers with few taps per filter (``C_in*kh*kw <= 25``, LeNet-5's first layer) take

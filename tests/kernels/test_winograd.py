@@ -185,12 +185,13 @@ def test_applies():
 
 @pytest.mark.parametrize("x_shape, c_out, padding, pays", [
     ((64, 64, 32, 32), 64, (1, 1, 1, 1), True),       # L3
-    ((64, 128, 16, 16), 128, (1, 1, 1, 1), True),     # L4: 16x16 output, the smallest that pays
-    ((256, 128, 8, 8), 128, (1, 1, 1, 1), False),     # work enough, but an 8x8 output
-    ((256, 64, 16, 16), 64, (0, 0, 0, 0), False),     # 14x14 without padding
+    ((64, 128, 16, 16), 128, (1, 1, 1, 1), True),     # L4
+    ((256, 128, 8, 8), 128, (1, 1, 1, 1), True),      # an 8x8 output, the smallest that pays
+    ((256, 64, 16, 16), 64, (0, 0, 0, 0), True),      # 14x14 without padding
+    ((512, 128, 8, 8), 128, (0, 0, 0, 0), False),     # work enough, but a 6x6 output
     ((32, 32, 32, 32), 32, (1, 1, 1, 1), False),      # VGG-mini's: too little work
     ((64, 8, 32, 32), 64, (1, 1, 1, 1), False),       # too few input channels
-], ids=["L3", "L4", "8x8", "14x14", "small-work", "8-channels"])
+], ids=["L3", "L4", "8x8", "14x14", "6x6", "small-work", "8-channels"])
 def test_winograd_pays_for_large_layers_with_large_outputs(x_shape, c_out, padding, pays):
     from minicnn import kernels
 
