@@ -102,8 +102,9 @@ WINOGRAD_MIN_WORK = 2**27
 backward with ReLU (2 cores): L3 and L4 (2^28) 22-45 % faster than im2col. Below it the
 answer depends on the plane (eighth session, Winograd's time / im2col's, per round): at 2^25
 (VGG-mini's layers at batch 32) 0.81-0.86 for a 32x32 output of 32 channels, 0.91 for 16x16
-of 64, 1.85 for 8x8 of 128; at 2^24 1.11 (32x32) and 1.48-1.50 (16x16, 8x8). Not worth a
-rule of its own."""
+of 64, 1.85 for 8x8 of 128; at 2^24 1.11 (32x32) and 1.48-1.50 (16x16, 8x8). A rule "from
+2^25 for outputs of 16 and up" left the VGG-mini step (batch 32) where it was (0.95-1.10 of
+its time, noise), so it was not adopted (docs/benchmarks.md)."""
 WINOGRAD_MIN_OUTPUT = 8
 """... and the output at least this high and wide: on small planes the transforms' per-plane
 work outweighs the saved multiplications, however large the batch. Measured (layer forward +
