@@ -597,7 +597,7 @@ def _conv_epilogue(z2, bias, y, relu):
 
 
 @_kernel(fastmath={"reassoc"})  # reassoc: a vectorised bias sum
-def _conv_epilogue_backward(dy, relu_output, dz2, dbias, relu, gemm_layout):
+def _conv_epilogue_backward(dy, relu_output, dz2, dbias, relu, gemm_layout, write):
     n, c, hw = dy.shape
     dyf, mf, dzf = dy.reshape(-1), relu_output.reshape(-1), dz2.reshape(-1)
     for ch in prange(c):  # one channel each: its row (or planes) of dz2 and its bias gradient
@@ -610,11 +610,14 @@ def _conv_epilogue_backward(dy, relu_output, dz2, dbias, relu, gemm_layout):
                     g = dyf[_unsigned(src + k)] if mf[_unsigned(src + k)] > 0 else 0
                     dzf[_unsigned(dst + k)] = g
                     total += g
-            else:
+            elif write:
                 for k in range(hw):
                     g = dyf[_unsigned(src + k)]
                     dzf[_unsigned(dst + k)] = g
                     total += g
+            else:  # dz2 is dy itself: only the sum
+                for k in range(hw):
+                    total += dyf[_unsigned(src + k)]
         dbias[ch] = total
 
 
@@ -633,7 +636,9 @@ def conv_epilogue(z2, bias, out_shape, relu):
 
 def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
     """``(dz2, dbias)``: ``dy * [y > 0]`` (or ``dy``) in GEMM layout, or in ``dy``'s own
-    (N, C, Ho, Wo) with ``gemm_layout=False`` (into ``out`` if given), and its per-channel sum."""
+    (N, C, Ho, Wo) with ``gemm_layout=False`` (into ``out`` if given), and its per-channel sum.
+    With neither a mask nor a transpose to apply and no ``out``, ``dz2`` is ``dy`` itself
+    (as in ``reference``): the kernel only sums."""
     dy = _as_float_array(dy, "dy")
     relu = relu_output is not None
     mask = np.ascontiguousarray(relu_output, dtype=dy.dtype) if relu else dy
@@ -642,10 +647,11 @@ def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
     n, c = dy.shape[:2]
     shape = (c, dy.size // c) if gemm_layout else dy.shape
     check_out(out, shape, dy.dtype, "conv_epilogue_backward")
-    dz2 = np.empty(shape, dtype=dy.dtype) if out is None else out
+    write = relu or gemm_layout or out is not None
+    dz2 = out if out is not None else np.empty(shape, dtype=dy.dtype) if write else dy
     dbias = np.empty(c, dtype=dy.dtype)
     _conv_epilogue_backward(dy.nbytes, dy.reshape(n, c, -1), mask.reshape(n, c, -1), dz2, dbias, relu,
-                            bool(gemm_layout))
+                            bool(gemm_layout), write)
     return dz2, dbias
 
 

@@ -336,13 +336,15 @@ class _ConvLayer(Layer):
         or in ``dy``'s (N, C_out, Ho, Wo) with ``gemm_layout=False``.
 
         ``kernels.conv_epilogue_backward`` applies ReLU's mask ``[y > 0]``, transposes (or not)
-        and sums the bias gradient in one pass. The result lives in the scratch buffer ``"gemm"``.
+        and sums the bias gradient in one pass. The result lives in the scratch buffer ``"gemm"``,
+        or is ``dy`` itself when there is neither a mask nor a transpose to apply.
         """
         dy = self._activation_backward(dy)
         c = dy.shape[1]
         shape = (c, dy.size // c) if gemm_layout else dy.shape
-        dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y, out=scratch("gemm", shape, dy.dtype, like=dy),
-                                                    gemm_layout=gemm_layout)
+        moved = gemm_layout or self._cache_relu_y is not None
+        dy2, dbias = kernels.conv_epilogue_backward(dy, self._cache_relu_y, gemm_layout=gemm_layout,
+                                                    out=scratch("gemm", shape, dy.dtype, like=dy) if moved else None)
         if self.use_bias:
             self.grads["bias"][...] = dbias
         return dy2
