@@ -85,8 +85,8 @@ _G = np.array([[1.0, 0.0, 0.0],
 # gradient.) ``_rows_times`` computes them on the calling thread: as a BLAS call the
 # product woke OpenBLAS's threads, which then spun on the cores the transforms needed
 # (L3's forward 74 against 63 ms). It writes ``U`` in its (16, C_out, C_in) layout and the
-# gradient in the weight's, with no float64 array between: on 512x512 filters 66 -> 19 ms
-# (filter transform) and 33 -> 27 ms (gradient), the same bits.
+# gradient in the weight's, with no float64 array between: on 512x512 filters 62-66 -> 17-19
+# ms (filter transform) and 26-33 -> 22-27 ms (gradient) in two series, the same bits.
 _GG = np.kron(_G, _G)
 _GG_T = np.ascontiguousarray(_GG.T)  # contiguous rows: _rows_times's inner loop vectorises (2x)
 
