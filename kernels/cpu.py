@@ -679,12 +679,15 @@ def matmul_nt(a, b):
 
 
 # ---------------------------------------------------------------- independent GEMMs, side by side
-# Winograd runs 16 small GEMMs per block of samples (``(64, 64) @ (64, 2048)`` on L3: ~0.2 ms
-# each). Each one split over OpenBLAS's threads ends in a barrier, so the slower core sets
-# the pace 16 times per block; on the shared 2-core benchmark host the 16 GEMMs of one block
-# took a median 3.2-3.9 ms that way and 2.9-3.7 ms with each GEMM on one thread and the
-# threads taking GEMMs from a common list (4.7 against 6.8 ms while another process was
-# busy). ``matmuls_side_by_side`` runs independent products that way.
+# Winograd runs 16 GEMMs per block of samples (``(64, 64) @ (64, 2048)`` on L3 with the 8 MB
+# blocks of the sixth session: ~0.2 ms each; 8192 columns since the blocks are 32 MB). Each
+# one split over OpenBLAS's threads ends in a barrier, so the slower core sets the pace 16
+# times per block; on the shared 2-core benchmark host the 16 GEMMs of one 8 MB block took a
+# median 3.2-3.9 ms that way and 2.9-3.7 ms with each GEMM on one thread and the threads
+# taking GEMMs from a common list (4.7 against 6.8 ms while another process was busy). With
+# 32 MB blocks, OpenBLAS's two threads per GEMM took 1.25 / 1.09 of the side-by-side time
+# on L3 / L4 (layer forward + backward, 6 rounds). ``matmuls_side_by_side`` runs independent
+# products that way.
 GEMMS_SIDE_BY_SIDE = True
 """Tests switch this off to compare; ``False`` runs the products one after another."""
 _blas_libraries = None   # threadpoolctl's controllers of the loaded BLAS libraries
@@ -709,7 +712,8 @@ SIDE_BY_SIDE_MIN_FLOP = 12e6
 32, pointwise products of 4-8 MFLOP): side by side each 1x1 layer alone ran 20-35 % faster,
 but in the model the step ran 125 against 109 ms; the layers around them slowed down too
 (OpenBLAS wakes its workers when its thread count goes back up, and they spin a while).
-Winograd's L3/L4 products (17-34 MFLOP) and L6's (17) win in place."""
+Winograd's L3/L4 products (17-34 MFLOP with 8 MB blocks, 67-134 with 32 MB) and L6's (17)
+win in place."""
 
 
 def matmuls_side_by_side(count: int, product, flop_each: float = float("inf")) -> None:

@@ -93,8 +93,9 @@ _GG_T = np.ascontiguousarray(_GG.T)  # contiguous rows: _rows_times's inner loop
 _BLOCK_BYTES = 32 * 2**20
 """Bytes of ``V`` (and of ``M``) per block of samples; tests make it small to run many blocks.
 Measured on L3/L4 (2 cores, 32 MB L3 cache; Conv2D forward + backward, 6 interleaved rounds
-in one process): 32 MB blocks took 0.86 / 0.85 of the time 8 MB blocks took (L3 108 against
-133 ms, L4 110 against 142), 16 MB 0.93 / 0.83. The GEMMs and the transforms both got
+in one process, torch alongside): 32 MB blocks took 0.86 / 0.85 of the time 8 MB blocks took
+(L3 108 against 133 ms, L4 110 against 142; torch 173 / 153 in the same rounds), 16 MB
+0.93 / 0.83. The GEMMs and the transforms both got
 faster per block, not only the calls between them; what the larger blocks save is not
 isolated (fewer blocks: fewer points where the 16 side-by-side GEMMs wait for the slower
 thread, fewer parallel launches). Keeping BLAS on one thread for the whole call instead
