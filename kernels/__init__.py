@@ -18,7 +18,7 @@ __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "matmul_each", "sum_matmul_nt", "winograd_pays", "direct_pays", "direct_layout", "batch_inner_pays", "output_hw", "reference", "cpu",
+    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "matmul_each", "sum_matmul_nt", "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw", "reference", "cpu",
     "winograd", "direct", "batch_inner",
 ]
 
@@ -141,43 +141,15 @@ DIRECT_MAX_TAPS = 25
 conv2 (150) slower (docs/benchmarks.md)."""
 
 
-DIRECT_BLOCKED_KERNEL_WIDTH = 5
-"""The blocked layout (16 samples side by side, ``direct.py``) for filters this wide: a row
-of 5 taps is one statement (5 multiply-adds per load and store of the sum), against the
-columns and thin GEMMs of the batch-innermost im2col. Rows of 3 measured 1.1-2.8x slower
-than that path (docs/benchmarks.md)."""
-DIRECT_BLOCKED_MAX_OUT_CHANNELS = 32
-"""... with at most this many output channels (BLAS wins once the GEMMs have many rows)..."""
-DIRECT_BLOCKED_MAX_WIDTH = 16
-"""... and outputs at most this wide (as the batch-innermost im2col, below)."""
-
-
-def direct_layout(x, weight_shape, stride, padding, dilation=(1, 1)):
-    """Which layout of ``direct.conv`` a convolution of ``x`` by a ``weight_shape`` filter
-    should run in: ``'grid'``, ``'blocked'``, or ``None`` for neither (another path).
-
-    Only NumPy input at stride 1 without dilation, pads at most ``k - 1``. ``'grid'`` for
-    filters of at most ``DIRECT_MAX_TAPS`` taps; ``'blocked'`` for batches of at least
-    ``direct.BATCH_BLOCK`` samples, kernels ``DIRECT_BLOCKED_KERNEL_WIDTH`` wide, at most
-    ``DIRECT_BLOCKED_MAX_OUT_CHANNELS`` filters and outputs at most
-    ``DIRECT_BLOCKED_MAX_WIDTH`` wide.
-    """
-    c_out, c_in, kh, kw = weight_shape
-    if is_cupy_array(x) or not direct.applies((kh, kw), stride, padding, dilation):
-        return None
-    if c_in * kh * kw <= DIRECT_MAX_TAPS:
-        return "grid"
-    wo = output_hw(x.shape, (kh, kw), stride, padding, dilation)[1]
-    if (x.shape[0] >= direct.BATCH_BLOCK and kw == DIRECT_BLOCKED_KERNEL_WIDTH
-            and c_out <= DIRECT_BLOCKED_MAX_OUT_CHANNELS and wo <= DIRECT_BLOCKED_MAX_WIDTH):
-        return "blocked"
-    return None
-
-
 def direct_pays(x, weight_shape, stride, padding, dilation=(1, 1)) -> bool:
-    """Should a convolution of ``x`` by a ``weight_shape`` filter run through ``direct.conv``
-    (in either layout, ``direct_layout``)?"""
-    return direct_layout(x, weight_shape, stride, padding, dilation) is not None
+    """Should a convolution of ``x`` by a ``weight_shape`` filter run through ``direct.conv``?
+
+    Yes for NumPy input at stride 1 without dilation, pads at most ``k - 1``, and filters of
+    at most ``DIRECT_MAX_TAPS`` taps.
+    """
+    _, c_in, kh, kw = weight_shape
+    return (not is_cupy_array(x) and c_in * kh * kw <= DIRECT_MAX_TAPS
+            and direct.applies((kh, kw), stride, padding, dilation))
 
 
 # im2col with the batch innermost (``batch_inner.py``, called as ``kernels.batch_inner.conv``

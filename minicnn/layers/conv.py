@@ -38,12 +38,10 @@ im2col form above stays the definition the tests and the teaching start from.
 Stride-1 layers with few taps per filter (``C_in*kh*kw <= 25``, LeNet-5's first layer) take
 a fourth, the plainest: the sum above computed directly (``kernels/direct.py``), because
 their im2col columns (25 times the input) and 6-row GEMMs cost more than the arithmetic.
-So do stride-1 layers with few 5x5 filters (at most 32) on small outputs, batches of 16 or
-more (LeNet-5's conv2), in a layout that puts 16 samples side by side: ``Wo*16`` values a
-tap, no columns at all. ``kernels.direct_layout`` decides.
+``kernels.direct_pays`` decides.
 
-The rest of the CPU's convolutions with small outputs (at most 16 wide, batches of 4 or more)
-keep im2col and its three GEMMs but order the columns batch-innermost, 16
+The rest of the CPU's convolutions with small outputs (at most 16 wide, batches of 4 or more:
+LeNet-5's conv2) keep im2col and its three GEMMs but order the columns batch-innermost, 16
 samples at a time (``kernels/batch_inner.py``): a tap's values for one output row are then
 ``Wo*16`` consecutive input floats instead of ``Wo``, so im2col and col2im copy long runs
 instead of 10-float pieces. ``kernels.batch_inner_pays`` decides; the helpers below stay the
@@ -412,12 +410,9 @@ class Conv2D(_ConvLayer):
         if _is_pointwise(self.kernel_size, self.stride, pads):
             y, _ = _conv_forward(x, weight, self.stride, pads, self.dilation)
             return self._finish_forward(x, y, training)
-        self._cache_direct = kernels.direct_layout(x, weight.shape, self.stride, pads, self.dilation)
-        if self._cache_direct:  # few taps per filter (LeNet-5's conv1), or few 5x5 filters: no columns at all
-            # Training keeps the packed input for backward, in the last step's memory if it fits.
-            self._cache_cols = [old_cols[0]] if training and old_cols else [] if training else None
-            y = kernels.direct.conv(x, weight, pads, self.params.get("bias"), self._relu_fused(), self._cache_direct,
-                                    self._cache_cols)
+        self._cache_direct = kernels.direct_pays(x, weight.shape, self.stride, pads, self.dilation)
+        if self._cache_direct:  # few taps per filter (LeNet-5's conv1): no columns at all
+            y = kernels.direct.conv(x, weight, pads, self.params.get("bias"), self._relu_fused())
             return self._finish_forward_fused(x, y, training)
         self._cache_winograd = kernels.winograd_pays(x, weight.shape, self.stride, pads, self.dilation)
         if self._cache_winograd:  # 3x3, stride 1: Winograd F(2x2, 3x3), bias and ReLU fused
@@ -443,8 +438,7 @@ class Conv2D(_ConvLayer):
                                                                       pads, self.dilation)
         if self._cache_direct:  # ReLU's mask and the bias gradient inside the kernel too
             return self._kernel_grads(kernels.direct.conv_backward(self._activation_backward(dy), x, weight, pads,
-                                                                   self._cache_relu_y, not self.skip_input_grad,
-                                                                   self._cache_direct, self._cache_cols))
+                                                                   self._cache_relu_y, not self.skip_input_grad))
         if self._cache_winograd:  # both gradients by Winograd too (kernels/winograd.py), dz as (N, C, Ho, Wo)
             dz = self._start_backward_gemm(dy, gemm_layout=False)
             self.grads["weight"][...] = kernels.winograd.conv3x3_weight_grad(dz, x, pads)

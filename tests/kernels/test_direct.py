@@ -6,10 +6,8 @@
   0..k-1, N = 1, several channels in and out, with and without bias and ReLU, both dtypes.
 * Input gradient: ``reference.col2im(W2.T @ dz2)``; weight gradient ``dz2 @ im2col(x).T``;
   bias gradient the plain sum; through a ReLU: the mask ``[y > 0]`` applied first.
-* All of it in both layouts (``'grid'``: a sample's planes; ``'blocked'``: 16 samples side by
-  side, batches that fill no block, one block and a part of one), against torch's ``conv2d``
-  and autograd in one case; both compiled versions of each Numba core (serial and parallel);
-  the packed input ``conv`` keeps for backward; the error messages.
+* All of it against torch's ``conv2d`` and autograd in one case; both compiled versions of
+  each Numba core (serial and parallel); the error messages.
 """
 from __future__ import annotations
 
@@ -39,70 +37,38 @@ CASES = [
     ((1, 2, 6, 7), 3, (4, 2), (1, 2, 0, 1)),     # even widths
     ((2, 3, 4, 4), 2, (1, 1), (0, 0, 0, 0)),
     ((1, 1, 1, 1), 1, (3, 3), (2, 2, 2, 2)),     # a 1x1 input: everything is padding but the centre
-    ((17, 2, 6, 7), 3, (5, 5), (1, 2, 4, 0)),    # blocked: one full block of 16 samples and one of 1
 ]
-
-
-@pytest.fixture(params=direct.LAYOUTS)
-def layout(request):
-    return request.param
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("x_shape, c_out, kernel, padding", CASES)
-def test_forward_matches_im2col(core_version, layout, x_shape, c_out, kernel, padding, dtype):
+def test_forward_matches_im2col(core_version, x_shape, c_out, kernel, padding, dtype):
     x, weight, bias = conv_data(x_shape, c_out, kernel, dtype)
     z = im2col_conv(x, weight, padding)
-    assert_matches(direct.conv(x, weight, padding, layout=layout), z, dtype)
-    assert_matches(direct.conv(x, weight, padding, bias=bias, layout=layout),
-                   z + bias.astype(np.float64)[:, None, None], dtype)
-    y = direct.conv(x, weight, padding, bias=bias, relu=True, layout=layout)
+    assert_matches(direct.conv(x, weight, padding), z, dtype)
+    assert_matches(direct.conv(x, weight, padding, bias=bias), z + bias.astype(np.float64)[:, None, None], dtype)
+    y = direct.conv(x, weight, padding, bias=bias, relu=True)
     assert_matches(y, np.maximum(z + bias.astype(np.float64)[:, None, None], 0), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("x_shape, c_out, kernel, padding", CASES)
-def test_gradients_match_im2col(core_version, layout, x_shape, c_out, kernel, padding, dtype):
+def test_gradients_match_im2col(core_version, x_shape, c_out, kernel, padding, dtype):
     x, weight, bias = conv_data(x_shape, c_out, kernel, dtype, seed=1)
     ho, wo = reference.output_hw(x_shape, kernel, (1, 1), padding)
     dy = np.random.default_rng(2).standard_normal((x_shape[0], c_out, ho, wo)).astype(dtype)
-    dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding, layout=layout)
+    dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding)
     for actual, expected in zip((dx, dweight, dbias), im2col_grads(dy, x, weight, padding)):
         assert_matches(actual, expected, dtype)
     # Through a ReLU: the gradient of z = conv + b is dy where y > 0, 0 elsewhere.
-    y = direct.conv(x, weight, padding, bias=bias, relu=True, layout=layout)
+    y = direct.conv(x, weight, padding, bias=bias, relu=True)
     assert (y == 0).any() and (y > 0).any()
-    dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding, relu_output=y, layout=layout)
+    dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding, relu_output=y)
     for actual, expected in zip((dx, dweight, dbias), im2col_grads(dy * (y > 0), x, weight, padding)):
         assert_matches(actual, expected, dtype)
-    none, dweight_only, _ = direct.conv_backward(dy, x, weight, padding, relu_output=y, input_grad=False,
-                                                 layout=layout)
+    none, dweight_only, _ = direct.conv_backward(dy, x, weight, padding, relu_output=y, input_grad=False)
     assert none is None
     np.testing.assert_array_equal(dweight_only, dweight)
-
-
-def test_blocked_backward_uses_the_kept_packed_input():
-    """``conv(..., kept=k)`` leaves the packed input in ``k``; backward with it gives the same
-    gradients as packing ``x`` again, and reads the input from there: a kept array changed
-    by hand changes the weight gradient. The next forward writes into the same memory."""
-    x, weight, bias = conv_data((18, 2, 7, 6), 3, (5, 5), np.float64, seed=8)
-    padding = (2, 1, 2, 2)
-    kept = []
-    y = direct.conv(x, weight, padding, bias=bias, relu=True, layout="blocked", kept=kept)
-    assert len(kept) == 1 and kept[0].shape == (2, 2, 10, 10, direct.BATCH_BLOCK)
-    dy = np.random.default_rng(9).standard_normal(y.shape)
-    fresh = direct.conv_backward(dy, x, weight, padding, relu_output=y, layout="blocked")
-    with_kept = direct.conv_backward(dy, x, weight, padding, relu_output=y, layout="blocked", kept=kept)
-    for a, b in zip(fresh, with_kept):
-        np.testing.assert_array_equal(a, b)
-    expected = im2col_grads(dy * (y > 0), x, weight, padding)
-    assert_matches(with_kept[1], expected[1], np.float64)
-    kept[0][...] = 0  # an all-zero input: no weight gradient at all
-    _, dweight, _ = direct.conv_backward(dy, x, weight, padding, relu_output=y, layout="blocked", kept=kept)
-    np.testing.assert_array_equal(dweight, 0)
-    memory = kept[0]
-    direct.conv(x, weight, padding, layout="blocked", kept=kept)
-    assert kept[0] is memory and kept[0].any()
 
 
 def test_a_hand_computed_case():
@@ -113,7 +79,7 @@ def test_a_hand_computed_case():
     assert y[0, 0, 0, 0] == 10.0 and y[0, 0, 1, 1] == 45.0 and y[0, 0, 3, 3] == 10 + 11 + 14 + 15
 
 
-def test_against_torch_autograd(layout):
+def test_against_torch_autograd():
     torch = require_torch()
     x, weight, bias = conv_data((3, 2, 9, 8), 4, (5, 5), np.float64, seed=3)
     padding = (2, 1, 0, 3)  # torch pads (left, right, top, bottom) through F.pad
@@ -121,55 +87,38 @@ def test_against_torch_autograd(layout):
     tw = torch.from_numpy(weight.copy()).requires_grad_(True)
     tb = torch.from_numpy(bias.copy()).requires_grad_(True)
     ty = torch.relu(torch.nn.functional.conv2d(torch.nn.functional.pad(tx, (0, 3, 2, 1)), tw, tb))
-    y = direct.conv(x, weight, padding, bias=bias, relu=True, layout=layout)
+    y = direct.conv(x, weight, padding, bias=bias, relu=True)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
     dy = np.random.default_rng(4).standard_normal(y.shape)
     ty.backward(torch.from_numpy(dy))
-    dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding, relu_output=y, layout=layout)
+    dx, dweight, dbias = direct.conv_backward(dy, x, weight, padding, relu_output=y)
     for actual, expected in ((dx, tx.grad), (dweight, tw.grad), (dbias, tb.grad)):
         np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_nan_output_passes_no_gradient(layout):
+def test_nan_output_passes_no_gradient():
     """As torch's ReLU: where the output is NaN, ``NaN > 0`` is false and nothing flows back."""
     x, weight, _ = conv_data((1, 1, 4, 4), 1, (3, 3), np.float64, seed=5)
-    y = np.abs(direct.conv(x, weight, (1, 1, 1, 1), layout=layout)) + 1
+    y = np.abs(direct.conv(x, weight, (1, 1, 1, 1))) + 1
     y[0, 0, 1, 2] = np.nan
     dy = np.ones_like(y)
-    _, _, dbias = direct.conv_backward(dy, x, weight, (1, 1, 1, 1), relu_output=y, layout=layout)
+    _, _, dbias = direct.conv_backward(dy, x, weight, (1, 1, 1, 1), relu_output=y)
     assert dbias[0] == 15.0
 
 
-def test_an_infinite_gradient_gives_the_exact_infinities(layout):
+def test_an_infinite_gradient_gives_the_exact_infinities():
     """An Inf in ``dy``'s first element: the taps that multiply it by a padding zero are NaN,
     the others +-Inf, as in the im2col GEMM (sums that started from an Inf-derived "zero"
     would be NaN everywhere), and the other channel does not notice."""
     x, weight, _ = conv_data((2, 1, 6, 6), 2, (5, 5), np.float32, seed=6)
     dy = np.random.default_rng(7).standard_normal((2, 2, 6, 6)).astype(np.float32)
     dy[0, 0, 0, 0] = np.inf
-    _, dweight, dbias = direct.conv_backward(dy, x, weight, (2, 2, 2, 2), input_grad=False, layout=layout)
+    _, dweight, dbias = direct.conv_backward(dy, x, weight, (2, 2, 2, 2), input_grad=False)
     with np.errstate(invalid="ignore"):  # Inf * 0 in the reference GEMM: the NaN is the point
         _, expected, _ = im2col_grads(dy, x, weight, (2, 2, 2, 2))
     assert np.isnan(expected[0]).any() and np.isinf(expected[0]).any() and np.isfinite(expected[1]).all()
     assert dbias[0] == np.inf
     assert_matches(dweight, expected.astype(np.float32), np.float32)  # NaN and Inf where expected
-
-
-def test_direct_layout_decides():
-    """Few taps: the grid; else 5-wide filters, few of them, small outputs and a block of
-    samples: the blocked layout; else neither."""
-    from minicnn import kernels
-    args = ((1, 1), (0, 0, 0, 0))
-    x = np.zeros((16, 6, 14, 14), np.float32)
-    assert kernels.direct_layout(x[:, :1], (6, 1, 5, 5), *args) == "grid"           # 25 taps
-    assert kernels.direct_layout(x, (16, 6, 5, 5), *args) == "blocked"              # LeNet-5's conv2
-    assert kernels.direct_layout(x, (32, 6, 5, 5), *args) == "blocked"
-    assert kernels.direct_layout(x, (33, 6, 5, 5), *args) is None                   # many filters
-    assert kernels.direct_layout(x, (16, 6, 3, 3), *args) is None                   # 3 wide
-    assert kernels.direct_layout(x[:15], (16, 6, 5, 5), *args) is None              # under one block
-    assert kernels.direct_layout(np.zeros((16, 6, 21, 21), np.float32), (16, 6, 5, 5), *args) is None  # 17 wide
-    assert kernels.direct_layout(x, (16, 6, 5, 5), (2, 2), (0, 0, 0, 0)) is None   # stride
-    assert kernels.direct_pays(x, (16, 6, 5, 5), *args) and not kernels.direct_pays(x, (16, 6, 3, 3), *args)
 
 
 def test_applies():
@@ -197,7 +146,3 @@ def test_errors_name_the_function_and_the_shapes():
     with pytest.raises(ValueError, match=r"direct.conv_backward expected relu_output of shape \(2, 4, 6, 6\) .* got \(4, 6, 6\)"):
         direct.conv_backward(np.zeros((2, 4, 6, 6), np.float32), x, weight, (1, 1, 1, 1),
                              relu_output=np.zeros((4, 6, 6), np.float32))
-    with pytest.raises(ValueError, match=r"direct.conv expected layout 'grid' or 'blocked', got 'rows'"):
-        direct.conv(x, weight, (1, 1, 1, 1), layout="rows")
-    with pytest.raises(ValueError, match=r"direct.conv_backward expected layout 'grid' or 'blocked', got None"):
-        direct.conv_backward(np.zeros((2, 4, 6, 6), np.float32), x, weight, (1, 1, 1, 1), layout=None)

@@ -174,8 +174,6 @@ CONV_CASES = [
     ((2, 1, 8, 7), dict(out_channels=6, kernel_size=5, padding=2, activation="relu")),
     ((2, 1, 7, 6), dict(out_channels=2, kernel_size=4, padding="same", activation="tanh")),
     ((1, 2, 5, 6), dict(out_channels=3, kernel_size=(3, 2), padding=(2, 1), bias=False)),
-    # Few 5x5 filters with more taps, a block of 16 samples: the direct kernels' blocked layout.
-    ((16, 2, 6, 5), dict(out_channels=3, kernel_size=5, padding=(2, 1), activation="relu")),
 ]
 
 DEPTHWISE_CASES = [
@@ -488,57 +486,15 @@ def test_direct_path_is_taken_and_matches_im2col(monkeypatch, training, kwargs):
                               _input((3, 1, 9, 8), np.float64), _input((3, 6, 9, 8), np.float64, seed=2))
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("kwargs", [dict(activation="relu"), dict(activation="tanh", bias=False), dict()],
-                         ids=["relu", "tanh-nobias", "linear"])
-def test_blocked_direct_path_is_taken_and_matches_im2col(monkeypatch, training, kwargs):
-    """Few 5x5 filters on small outputs (kernels.direct_layout: 'blocked'); switched off, the
-    same layer runs im2col with the batch innermost."""
-    _fast_path_matches_im2col(monkeypatch, training, (kernels.direct, "conv"),
-                              (kernels, "DIRECT_BLOCKED_KERNEL_WIDTH", -1, 5),
-                              Conv2D(4, 5, padding=(1, 2), dtype=np.float64, **kwargs),
-                              _input((17, 3, 8, 7), np.float64), _input((17, 4, 6, 7), np.float64, seed=2))
-
-
-def test_blocked_direct_path_keeps_its_packed_input_across_steps():
-    """A training forward keeps the packed input for backward, the next one reuses that
-    memory where the shape fits; every step equals a fresh layer's, when the batch size or
-    the mode changes, and a second backward gives the same gradients."""
-    layer = Conv2D(4, 5, padding=2, in_channels=3, activation="relu", dtype=np.float64)
-    fresh = Conv2D(4, 5, padding=2, in_channels=3, activation="relu", dtype=np.float64)
-    fresh.load_state_dict(layer.state_dict())
-    kept = None
-    for step, (n, training) in enumerate([(16, True), (16, True), (18, True), (18, False), (18, True)]):
-        x = _input((n, 3, 7, 7), np.float64, seed=step)
-        dy = _input((n, 4, 7, 7), np.float64, seed=10 + step)
-        got = _run(layer, x, dy, training)
-        fresh._cache_cols = None  # the oracle always packs afresh
-        expected = _run(fresh, x, dy, training)
-        for a, b in zip(got[:2], expected[:2]):
-            np.testing.assert_array_equal(a, b)
-        for key in got[2]:
-            np.testing.assert_array_equal(got[2][key], expected[2][key])
-        np.testing.assert_array_equal(layer.backward(dy), got[1])
-        packed = layer._cache_cols[0] if training else None
-        assert (packed is None) == (not training)
-        if step == 1:
-            assert packed is kept, "the same shape should reuse the last step's packed input"
-        if step == 2:
-            assert packed is not kept and packed.shape[1] == 2, "18 samples: two blocks"
-        kept = packed if training else kept
-
-
 @pytest.mark.parametrize("factory, x_shape", [
     (lambda: Conv2D(4, 5, padding=2), (2, 1, 6, 6)),                        # direct
-    (lambda: Conv2D(4, 5, padding=1, activation="relu"), (17, 3, 8, 8)),    # direct, blocked
     (lambda: Conv2D(4, 3, padding=1), (1, 3, 6, 6)),                        # one block, N = 1
     (lambda: Conv2D(4, 3, stride=2), (5, 3, 9, 9)),                         # batch-inner, chunks
     (lambda: Conv2D(4, 3, stride=2), (3, 3, 9, 9)),                         # several blocks
     (lambda: Conv2D(16, 3, padding=1, activation="relu"), (2, 16, 6, 6)),   # Winograd
     (lambda: Conv2DTranspose(3, 3, stride=2, padding=1), (1, 4, 4, 4)),
     (lambda: Conv2DTranspose(3, 3, stride=2), (5, 4, 4, 4)),
-], ids=["direct", "direct-blocked", "conv-n1", "batch-inner", "conv-blocks", "winograd", "transpose-n1",
-        "transpose-blocks"])
+], ids=["direct", "conv-n1", "batch-inner", "conv-blocks", "winograd", "transpose-n1", "transpose-blocks"])
 def test_results_never_live_in_scratch_memory(factory, x_shape, monkeypatch):
     """Layers keep temporaries in reusable scratch buffers (backend.scratch); what they
     return or cache must not be one: a second layer's calls would overwrite it."""
