@@ -18,7 +18,7 @@ __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "matmul_each", "sum_matmul_nt", "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw", "reference", "cpu",
+    "conv_epilogue", "conv_epilogue_backward", "relu_forward", "relu_backward", "matmul_nt", "matmul_each", "sum_matmul_nt", "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw", "reference", "cpu",
     "winograd", "direct", "batch_inner",
 ]
 
@@ -78,6 +78,14 @@ def conv_epilogue(z2, bias, out_shape, relu):
 
 def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
     return _impl(dy).conv_epilogue_backward(dy, relu_output, out, gemm_layout)
+
+
+def relu_forward(x):
+    return _impl(x).relu_forward(x)
+
+
+def relu_backward(dy, relu_output):
+    return _impl(dy).relu_backward(dy, relu_output)
 
 
 def matmul_nt(a, b):

@@ -655,6 +655,49 @@ def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
     return dz2, dbias
 
 
+# ---------------------------------------------------------------- ReLU
+# NumPy's ReLU is two passes and a boolean array (``x > 0``, then ``maximum``) forward and a
+# boolean-to-float product backward, all on one thread: on a 32x64x32x32 float32 input 1.6 and
+# 1.1 ms against 0.46 and 0.71 here (torch: 0.31 and 0.59). Backward reads ``y``, not a mask:
+# ``y > 0`` exactly where ``x > 0`` (NaN: neither).
+@_kernel()
+def _relu_forward(x, y):
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    for i in prange(xf.shape[0]):  # one element each: disjoint writes
+        v = xf[i]
+        yf[i] = 0 if v <= 0 else v  # NaN stays NaN, as torch
+
+
+@_kernel()
+def _relu_backward(dy, y, dx):
+    df, yf, xf = dy.reshape(-1), y.reshape(-1), dx.reshape(-1)
+    for i in prange(df.shape[0]):
+        xf[i] = df[i] if yf[i] > 0 else 0  # a select, not dy * mask: an Inf in dy stays out too
+
+
+def relu_forward(x):
+    """``y = max(x, 0)`` elementwise (NaN stays NaN); any shape."""
+    x = np.ascontiguousarray(x)
+    if x.dtype not in _FLOATS:
+        raise ValueError(f"relu_forward expected a float32/float64 array, got {x.dtype}")
+    y = np.empty_like(x)
+    _relu_forward(2 * x.nbytes, x, y)
+    return y
+
+
+def relu_backward(dy, relu_output):
+    """``dx = dy`` where ``relu_output > 0``, else 0: the gradient through ``relu_forward``,
+    from its output ``y``."""
+    y = np.ascontiguousarray(relu_output)
+    dy = np.ascontiguousarray(dy, dtype=np.result_type(dy, y))
+    if dy.shape != y.shape or dy.dtype not in _FLOATS:
+        raise ValueError(f"relu_backward expected a float dy of the output's shape {y.shape}, "
+                         f"got {dy.dtype} {dy.shape}")
+    dx = np.empty_like(dy)
+    _relu_backward(3 * dy.nbytes, dy, y, dx)
+    return dx
+
+
 # ---------------------------------------------------------------- weight-gradient GEMM
 # OpenBLAS 0.3.31's sgemm (Haswell kernels) runs a product whose left operand has 5-7 rows
 # through a slow edge path: (6, 100352) @ (100352, 25), LeNet-5's conv1 weight gradient, takes

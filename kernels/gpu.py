@@ -171,3 +171,13 @@ def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
     dz = dy if relu_output is None else dy * (relu_output > 0)
     dz2 = _contiguous(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1) if gemm_layout else _contiguous(dz)
     return _into(out, dz2), dz.sum(axis=(0, 2, 3))
+
+
+# ReLU: one elementwise CuPy kernel each way (bandwidth-bound, as on the CPU).
+def relu_forward(x):
+    return _xp().maximum(x, 0)
+
+
+def relu_backward(dy, relu_output):
+    xp = _xp()
+    return xp.where(relu_output > 0, dy, xp.zeros((), dtype=xp.result_type(dy, relu_output)))

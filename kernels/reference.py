@@ -24,7 +24,8 @@ __all__ = [
     "output_hw", "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "matmul_nt", "matmul_each", "sum_matmul_nt",
+    "conv_epilogue", "conv_epilogue_backward", "relu_forward", "relu_backward", "matmul_nt", "matmul_each",
+    "sum_matmul_nt",
 ]
 
 
@@ -237,6 +238,17 @@ def conv_epilogue_backward(dy, relu_output=None, out=None, gemm_layout=True):
         return _into(out, np.ascontiguousarray(dz)), dz.sum(axis=(0, 2, 3))
     dz2 = np.ascontiguousarray(dz.transpose(1, 0, 2, 3)).reshape(dy.shape[1], -1)
     return _into(out, dz2), dz.sum(axis=(0, 2, 3))
+
+
+def relu_forward(x):
+    """``y = max(x, 0)`` elementwise; NaN stays NaN (as torch's ReLU)."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dy, relu_output):
+    """``dx = dy`` where ``relu_output > 0`` (the ``y`` of ``relu_forward``), else 0. ``y > 0``
+    exactly where ``x > 0``, so the output serves as the mask; a NaN output passes nothing."""
+    return np.where(relu_output > 0, dy, np.zeros((), dtype=np.result_type(dy, relu_output)))
 
 
 def matmul_nt(a, b):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..backend import get_array_module
 from .base import Layer
 
@@ -31,16 +32,20 @@ class Identity(Layer):
 
 
 class ReLU(Layer):
-    """``y = max(x, 0)``; ``dx = dy * [x > 0]`` (the subgradient at 0 is taken as 0, as torch)."""
+    """``y = max(x, 0)``; ``dx = dy`` where ``x > 0``, else 0 (the subgradient at 0 is taken
+    as 0, as torch). Backward needs only the output: ``y > 0`` exactly where ``x > 0``."""
 
     def forward(self, x, training=False):
-        x = self._prepare(x)
-        xp = get_array_module(x)
-        self._cache_mask = x > 0
-        return xp.maximum(x, 0)
+        self._cache_y = kernels.relu_forward(self._prepare(x))
+        return self._cache_y
 
     def backward(self, dy):
-        return dy * self._cache_mask
+        y = getattr(self, "_cache_y", None)
+        if y is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        if tuple(dy.shape) != tuple(y.shape):
+            raise ValueError(f"{self.name}.backward expected dy of shape {tuple(y.shape)}, got {tuple(dy.shape)}")
+        return kernels.relu_backward(dy, y)
 
 
 class LeakyReLU(Layer):

@@ -97,7 +97,8 @@ def test_against_torch_autograd():
 
 
 def test_nan_output_passes_no_gradient():
-    """As torch's ReLU: where the output is NaN, ``NaN > 0`` is false and nothing flows back."""
+    """minicnn's ReLU everywhere: where the output is NaN, ``NaN > 0`` is false and nothing
+    flows back (torch's ``threshold_backward`` lets it through: it zeroes only ``x <= 0``)."""
     x, weight, _ = conv_data((1, 1, 4, 4), 1, (3, 3), np.float64, seed=5)
     y = np.abs(direct.conv(x, weight, (1, 1, 1, 1))) + 1
     y[0, 0, 1, 2] = np.nan

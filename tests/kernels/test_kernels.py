@@ -372,3 +372,47 @@ def test_matmul_nt_equals_the_float64_product(rows, dtype):
     cpu.matmul_nt(np.full((6, 301), np.nan, dtype), b)  # reuses the buffer with other data
     np.testing.assert_array_equal(first, cpu.matmul_nt(a, b))
     assert np.isfinite(first).all()
+
+
+@pytest.mark.parametrize("shape", [(1,), (7, 5), (2, 3, 4, 5), (4, 8, 33, 31)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_matches_reference(core_version, shape, dtype):
+    """``relu_forward`` and ``relu_backward`` against NumPy's ``maximum`` and ``where``, with
+    exact zeros in ``x`` (the subgradient at 0 is 0), both compiled versions."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[::7] = 0
+    dy = rng.standard_normal(shape).astype(dtype)
+    y = cpu.relu_forward(x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, reference.relu_forward(x))
+    np.testing.assert_array_equal(y, np.where(x > 0, x, 0))  # by hand
+    dx = cpu.relu_backward(dy, y)
+    np.testing.assert_array_equal(dx, reference.relu_backward(dy, y))
+    np.testing.assert_array_equal(dx, dy * (x > 0))
+
+
+def test_relu_edge_values_as_torch():
+    """NaN stays NaN, -inf and 0 give 0, +inf stays; an Inf or NaN in ``dy`` where the output
+    is 0 does not leak through (a select, as torch's threshold_backward). One difference, as
+    minicnn's fused conv ReLUs: a NaN output passes no gradient (torch's passes it)."""
+    torch = require_torch()
+    x = np.array([np.nan, -np.inf, 0.0, 2.0, -1.0, np.inf, -3.0, 1.5], dtype=np.float32)
+    dy = np.array([1.0, np.inf, np.nan, 1.0, -np.inf, 2.0, 1.0, np.nan], dtype=np.float32)
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    ty = torch.relu(tx)
+    ty.backward(torch.from_numpy(dy))
+    y = cpu.relu_forward(x)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    expected = tx.grad.numpy().copy()
+    assert expected[0] == 1.0  # torch: the NaN input's gradient flows
+    expected[0] = 0.0
+    np.testing.assert_array_equal(cpu.relu_backward(dy, y), expected)
+    np.testing.assert_array_equal(reference.relu_backward(dy, y), expected)
+
+
+def test_relu_rejects_bad_operands():
+    with pytest.raises(ValueError, match=r"relu_forward expected a float32/float64 array, got int64"):
+        cpu.relu_forward(np.arange(4))
+    with pytest.raises(ValueError, match=r"relu_backward expected a float dy of the output's shape \(2, 3\), got float32 \(3, 2\)"):
+        cpu.relu_backward(np.zeros((3, 2), np.float32), np.zeros((2, 3), np.float32))

@@ -140,3 +140,12 @@ def test_empty_batch_and_non_array_raise(layer):
         layer.forward(np.zeros((0, 4), dtype=np.float32))
     with pytest.raises(TypeError, match=r"expected a numpy or cupy array, got list"):
         layer.forward([[1.0, 2.0]])
+
+
+def test_relu_backward_checks_its_state_and_dy():
+    layer = ReLU()
+    with pytest.raises(RuntimeError, match=r"ReLU\w*\.backward called before forward"):
+        layer.backward(np.ones((2, 3), np.float32))
+    layer.forward(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"ReLU\w*\.backward expected dy of shape \(2, 3\), got \(3, 2\)"):
+        layer.backward(np.ones((3, 2), np.float32))
