@@ -46,11 +46,11 @@ would leave finite (its forward output, and so the loss, is not finite either).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from minicnn.backend import scratch
 
-from .cpu import _kernel, _unsigned
+from .cpu import _add_row, _kernel, _row_dots, _unsigned
 from .reference import check_conv_operands
 
 __all__ = ["applies", "conv", "conv_backward"]
@@ -75,66 +75,6 @@ def applies(kernel, stride, padding, dilation) -> bool:
 
 
 # ---------------------------------------------------------------- Numba cores
-@njit(cache=True, inline="always")
-def _add_row(acc, xf, start, length, wrow, first, beta):
-    """``acc[j] (+)= sum_q wrow[q] * xf[start + j + q]`` for ``j < length``; ``first`` sets
-    ``acc = beta + ...`` instead. Rows of 5 and 3 taps are spelled out: one load and store
-    of ``acc`` per row (the loop LLVM vectorises); other widths go tap by tap."""
-    kw = wrow.shape[0]
-    if kw == 5:
-        w0, w1, w2, w3, w4 = wrow[0], wrow[1], wrow[2], wrow[3], wrow[4]
-        for j in range(length):
-            s = start + j
-            v = (w0 * xf[_unsigned(s)] + w1 * xf[_unsigned(s + 1)] + w2 * xf[_unsigned(s + 2)]
-                 + w3 * xf[_unsigned(s + 3)] + w4 * xf[_unsigned(s + 4)])
-            acc[j] = beta + v if first else acc[j] + v
-    elif kw == 3:
-        w0, w1, w2 = wrow[0], wrow[1], wrow[2]
-        for j in range(length):
-            s = start + j
-            v = w0 * xf[_unsigned(s)] + w1 * xf[_unsigned(s + 1)] + w2 * xf[_unsigned(s + 2)]
-            acc[j] = beta + v if first else acc[j] + v
-    else:
-        if first:
-            for j in range(length):
-                acc[j] = beta
-        for q in range(kw):
-            wq = wrow[q]
-            for j in range(length):
-                acc[j] += wq * xf[_unsigned(start + q + j)]
-
-
-@njit(cache=True, inline="always")
-def _row_dots(grid, xf, start, length, out, zero):
-    """``out[q] = sum_j grid[j] * xf[start + j + q]`` for each tap ``q`` of a filter row;
-    ``zero`` is 0 in the data's dtype (float32 sums stay float32, and vectorise)."""
-    kw = out.shape[0]
-    if kw == 5:
-        s0, s1, s2, s3, s4 = zero, zero, zero, zero, zero
-        for j in range(length):
-            gj, s = grid[j], start + j
-            s0 += gj * xf[_unsigned(s)]
-            s1 += gj * xf[_unsigned(s + 1)]
-            s2 += gj * xf[_unsigned(s + 2)]
-            s3 += gj * xf[_unsigned(s + 3)]
-            s4 += gj * xf[_unsigned(s + 4)]
-        out[0], out[1], out[2], out[3], out[4] = s0, s1, s2, s3, s4
-    elif kw == 3:
-        s0, s1, s2 = zero, zero, zero
-        for j in range(length):
-            gj, s = grid[j], start + j
-            s0 += gj * xf[_unsigned(s)]
-            s1 += gj * xf[_unsigned(s + 1)]
-            s2 += gj * xf[_unsigned(s + 2)]
-        out[0], out[1], out[2] = s0, s1, s2
-    else:
-        for q in range(kw):
-            total = zero
-            for j in range(length):
-                total += grid[j] * xf[_unsigned(start + q + j)]
-            out[q] = total
-
-
 @_kernel(fastmath={"contract"})
 def _forward(xf, plane, wp, weight, bias, y, relu):
     """``y[b, o] = act(bias[o] + sum_{c,p,q} weight[o, c, p, q] * x_pad[b, c, i + p, j + q])``;

@@ -416,3 +416,41 @@ def test_relu_rejects_bad_operands():
         cpu.relu_forward(np.arange(4))
     with pytest.raises(ValueError, match=r"relu_backward expected a float dy of the output's shape \(2, 3\), got float32 \(3, 2\)"):
         cpu.relu_backward(np.zeros((3, 2), np.float32), np.zeros((2, 3), np.float32))
+
+
+# Stride-1 depthwise geometries for the padded-width grid cores: pads 0..k-1, asymmetric,
+# rectangular and even kernels, depth multipliers 1 and 2, more planes than one chunk.
+GRID_CASES = [
+    ((2, 3, 7, 9), (3, 3), (1, 1, 1, 1), 1),
+    ((3, 7, 6, 5), (5, 3), (2, 0, 1, 2), 2),    # 21 planes: two chunks of _GRID_PLANES
+    ((2, 3, 8, 8), (2, 4), (1, 0, 3, 1), 2),
+    ((1, 2, 5, 6), (3, 3), (0, 0, 0, 0), 1),
+    ((1, 1, 1, 1), (3, 3), (2, 2, 2, 2), 1),    # everything is padding but the centre
+    ((2, 2, 4, 7), (1, 1), (0, 0, 0, 0), 2),
+]
+
+
+@pytest.mark.parametrize("grid", [True, False], ids=["grid", "general"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, padding, multiplier", GRID_CASES)
+def test_depthwise_stride_one_both_cores_match_reference(monkeypatch, grid, shape, kernel, padding, multiplier,
+                                                          dtype):
+    monkeypatch.setattr(cpu, "DEPTHWISE_GRID", grid)
+    assert cpu._grid_applies(kernel, (1, 1), padding, (1, 1))
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal((shape[1] * multiplier, 1) + kernel).astype(dtype)
+    bias = rng.standard_normal(weight.shape[0]).astype(dtype)
+    y = cpu.depthwise_forward(x, weight, (1, 1), padding, bias=bias)
+    _close(y, reference.depthwise_forward(x, weight, (1, 1), padding, (1, 1), bias=bias), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for actual, expected in zip(cpu.depthwise_backward(dy, x, weight, (1, 1), padding),
+                                reference.depthwise_backward(dy, x, weight, (1, 1), padding, (1, 1))):
+        _close(actual, expected, dtype)
+
+
+def test_depthwise_grid_applies_to_stride_one_only():
+    assert cpu._grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    assert not cpu._grid_applies((3, 3), (2, 2), (1, 1, 1, 1), (1, 1))   # stride
+    assert not cpu._grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (2, 1))   # dilation
+    assert not cpu._grid_applies((3, 3), (1, 1), (3, 1, 1, 1), (1, 1))   # a pad beyond k - 1
