@@ -650,33 +650,48 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
 # the big arrays are streamed: forward reads x twice and writes y once (no x_hat: backward
 # recomputes it), backward reads dy and x twice and writes dx once. (With x_hat stored, as
 # before: 10 passes of 16 MB instead of 8 on the benchmark's 64x64x32x32 input.)
+# The per-element arithmetic runs in the data's dtype (float32 vectors: 8 lanes, not 4), the
+# per-plane sums are merged in float64, and the per-channel coefficients are float64 rounded
+# once. A plane's float32 sum only gives a first centre; its mean and squared deviations come
+# from the deviations' own sums, small numbers (a 1e4 offset keeps var to 1e-5 relative).
+# Measured against float64 throughout (2 cores, 2 alternating runs): 64x64x32x32 forward
+# 2.2-2.5 -> 2.0-2.1 ms, backward 2.9-3.0 -> 2.5-2.6; MobileNet-mini's 32x128x16x16
+# backward 1.4 -> 0.6.
 @_kernel(fastmath={"reassoc", "contract"})  # reassoc: vectorised sums
 def _batchnorm_forward(x, weight, bias, eps, y, mean, var, inv_std):
     n, c, hw = x.shape
     for ch in prange(c):  # channels are independent
         # Mean and variance in one pass over memory: each (sample, channel) plane is small
         # enough to stay in cache, so it is read twice there (its mean, then its squared
-        # deviations), and the planes are merged with Chan et al.'s pairwise update.
-        # float64 throughout: float32 sums of 10^5 values drift.
+        # deviations), and the planes are merged with Chan et al.'s pairwise update in
+        # float64 (float32 sums of 10^5 values drift). Within a plane the sums run in the
+        # data's dtype: float32 vectors hold twice the lanes, and a plane is short.
+        local = np.zeros(3, dtype=x.dtype)  # float32 scalars for float32 data: local[0] is 0
         mu, m2 = 0.0, 0.0
         for b in range(n):
-            plane_sum = 0.0
+            plane_sum = local[0]
             for k in range(hw):
                 plane_sum += x[b, ch, k]
-            plane_mean = plane_sum / hw
-            plane_m2 = 0.0
-            for k in range(hw):
-                d = x[b, ch, k] - plane_mean
-                plane_m2 += d * d
+            local[1] = np.float64(plane_sum) / hw  # a first mean, rounded to the dtype
+            centre, sum_d, sum_d2 = local[1], local[0], local[0]
+            for k in range(hw):  # deviations from it are small: their float32 sums stay exact-ish
+                d = x[b, ch, k] - centre
+                sum_d += d
+                sum_d2 += d * d
+            # The plane's exact mean and sum of squared deviations from the two small sums.
+            plane_mean = np.float64(centre) + np.float64(sum_d) / hw
+            plane_m2 = np.float64(sum_d2) - np.float64(sum_d) * np.float64(sum_d) / hw
             seen = b * hw  # values merged so far
             delta = plane_mean - mu
             mu += delta * hw / (seen + hw)
             m2 += plane_m2 + delta * delta * seen * hw / (seen + hw)
         sigma2 = m2 / (n * hw)  # biased variance normalises, as torch
         scale = 1.0 / np.sqrt(sigma2 + eps)
-        # y = weight * (x - mu) * scale + bias, folded into one multiply-add per value.
-        gain = weight[ch] * scale
-        shift = bias[ch] - mu * gain
+        # y = weight * (x - mu) * scale + bias, folded into one multiply-add per value in the
+        # data's dtype.
+        local[1] = weight[ch] * scale
+        local[2] = bias[ch] - mu * (weight[ch] * scale)
+        gain, shift = local[1], local[2]
         for b in range(n):
             for k in range(hw):
                 y[b, ch, k] = x[b, ch, k] * gain + shift
@@ -688,19 +703,31 @@ def _batchnorm_backward(dy, x, mean, weight, inv_std, dx, dweight, dbias):
     n, c, hw = dy.shape
     count = n * hw
     for ch in prange(c):
-        mu, s = mean[ch], inv_std[ch]
-        sum_dy, sum_dy_xh = 0.0, 0.0
+        local = np.zeros(4, dtype=dy.dtype)  # the data's dtype, as in the forward
+        local[1] = mean[ch]
+        mu_d = local[1]
+        s = np.float64(inv_std[ch])
+        sum_dy, sum_dy_xc = 0.0, 0.0  # per-plane sums in the dtype, merged in float64
         for b in range(n):
+            plane_dy, plane_dy_xc = local[0], local[0]
             for k in range(hw):
-                sum_dy += dy[b, ch, k]
-                sum_dy_xh += dy[b, ch, k] * ((x[b, ch, k] - mu) * s)
+                g = dy[b, ch, k]
+                plane_dy += g
+                plane_dy_xc += g * (x[b, ch, k] - mu_d)
+            sum_dy += plane_dy
+            sum_dy_xc += plane_dy_xc
+        sum_dy_xh = sum_dy_xc * s  # sum(dy * x_hat), x_hat = (x - mu) * inv_std
         dweight[ch], dbias[ch] = sum_dy_xh, sum_dy
-        # dx = (gamma / s) / M * (M dy - sum(dy) - x_hat * sum(dy * x_hat)), x_hat = (x - mu) * inv_std
-        scale = weight[ch] * s / count
+        # dx = (gamma s / M) (M dy - sum(dy) - x_hat sum(dy x_hat)): affine in dy and (x - mu),
+        # its three coefficients computed in float64, then one pass in the data's dtype.
+        scale = np.float64(weight[ch]) * s / count
+        local[1] = weight[ch] * s
+        local[2] = -scale * sum_dy
+        local[3] = -scale * s * sum_dy_xh
+        a, beta, gamma = local[1], local[2], local[3]
         for b in range(n):
             for k in range(hw):
-                x_hat = (x[b, ch, k] - mu) * s
-                dx[b, ch, k] = scale * (count * dy[b, ch, k] - sum_dy - x_hat * sum_dy_xh)
+                dx[b, ch, k] = a * dy[b, ch, k] + beta + gamma * (x[b, ch, k] - mu_d)
 
 
 def _per_channel_vectors(dtype, *vectors):
