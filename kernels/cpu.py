@@ -520,6 +520,14 @@ def _depthwise_backward(dy, x, weight, dx, dweight_partial, dbias_partial, m, kh
 _GRID_PLANES = 16
 
 
+@njit(cache=True, inline="always")
+def _into_grid(src, start, h, w, grid, offset, wp):
+    """Copy the ``h x w`` plane at ``src[start:]`` into ``grid``, row ``i`` at ``offset + i*wp``."""
+    for i in range(h):
+        for j in range(w):
+            grid[_unsigned(offset + i * wp + j)] = src[_unsigned(start + i * w + j)]
+
+
 @_kernel(fastmath={"contract"})
 def _depthwise_forward_grid(x, weight, bias, y, pt, pl):
     n, c, h, w = x.shape
@@ -533,9 +541,7 @@ def _depthwise_forward_grid(x, weight, bias, y, pt, pl):
         acc = np.empty(ho * wp, dtype=y.dtype)
         for plane in range(chunk * _GRID_PLANES, min(planes, (chunk + 1) * _GRID_PLANES)):
             b, ch = plane // c, plane % c
-            for i in range(h):
-                for j in range(w):
-                    padded[_unsigned((i + pt) * wp + pl + j)] = xf[_unsigned(plane * h * w + i * w + j)]
+            _into_grid(xf, plane * h * w, h, w, padded, pt * wp + pl, wp)
             for f in range(ch * m, ch * m + m):
                 for p in range(kh):
                     _add_row(acc, padded, p * wp, ho * wp, weight[f, 0, p], p == 0, bias[f])
@@ -564,9 +570,7 @@ def _depthwise_backward_grid(dy, x, weight, flipped, dx, dweight_partial, dbias_
         zero = dots[0]  # float32 sums stay float32, and vectorise
         for plane in range(chunk * _GRID_PLANES, min(planes, (chunk + 1) * _GRID_PLANES)):
             b, ch = plane // c, plane % c
-            for i in range(h):
-                for j in range(w):
-                    padded[_unsigned((i + pt) * wp + pl + j)] = xf[_unsigned(plane * h * w + i * w + j)]
+            _into_grid(xf, plane * h * w, h, w, padded, pt * wp + pl, wp)
             for f in range(ch * m, ch * m + m):
                 src, total = (b * c * m + f) * ho * wo, 0.0
                 for i in range(ho):
