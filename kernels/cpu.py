@@ -589,13 +589,15 @@ def _depthwise_backward_grid(dy, x, weight, flipped, dx, dweight_partial, dbias_
                     dxf[_unsigned(plane * h * w + i * w + j)] = acc[_unsigned(i * wz + j)]
 
 
-def _grid_applies(kernel, stride, padding, dilation) -> bool:
-    """Stride 1, no dilation, each pad at most ``k - 1`` (the grid cores' input gradient pads
-    ``dy`` by ``k - 1 - pad``)."""
-    kh, kw = kernel
-    pt, pb, pl, pr = padding
-    return (tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and 0 <= pt < kh and 0 <= pb < kh and 0 <= pl < kw and 0 <= pr < kw)
+def grid_applies(kernel, stride, padding, dilation) -> bool:
+    """Can a convolution run on the padded-width grid (these cores, ``direct.py``)? Stride 1,
+    no dilation, each pad at most ``k - 1`` (the input gradient pads ``dy`` by ``k - 1 - pad``);
+    ``padding`` is ``(top, bottom, left, right)``."""
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or len(padding) != 4:
+        return False
+    kh, kw = (int(k) for k in kernel)
+    pt, pb, pl, pr = (int(p) for p in padding)
+    return 0 <= pt < kh and 0 <= pb < kh and 0 <= pl < kw and 0 <= pr < kw
 
 
 DEPTHWISE_GRID = True
@@ -617,7 +619,7 @@ def depthwise_forward(x, weight, stride, padding, dilation=(1, 1), bias=None):
     if bias.shape != (c * m,):
         raise ValueError(f"depthwise_forward expected bias of shape {(c * m,)}, got {bias.shape}")
     y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
-    if DEPTHWISE_GRID and _grid_applies((kh, kw), (sh, sw), tuple(int(p) for p in padding), (dh, dw)):
+    if DEPTHWISE_GRID and grid_applies(kernel, stride, padding, dilation):
         _depthwise_forward_grid(y.nbytes * kh * kw, x, weight, bias, y, pt, pl)
         return y
     _depthwise_forward(y.nbytes * kh * kw, x, weight, bias, y, m, kh, kw, sh, sw, pt, pl, dh, dw)
@@ -636,7 +638,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
         raise ValueError(f"depthwise_backward got dy of shape {dy.shape} "
                          f"for x {x.shape}, weight {weight.shape}")
     partial, bias_partial = np.empty((n, c * m, kh, kw), dtype=dy.dtype), np.empty((n, c * m), dtype=dy.dtype)
-    if DEPTHWISE_GRID and _grid_applies((kh, kw), (sh, sw), tuple(int(p) for p in padding), (dh, dw)):
+    if DEPTHWISE_GRID and grid_applies(kernel, stride, padding, dilation):
         dx = np.empty(x.shape, dtype=dy.dtype)
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
         _depthwise_backward_grid(dy.nbytes * kh * kw, dy, x, weight, flipped, dx, partial, bias_partial, pt, pl)

@@ -50,7 +50,7 @@ from numba import prange
 
 from minicnn.backend import scratch
 
-from .cpu import _add_row, _kernel, _row_dots, _unsigned
+from .cpu import _add_row, _kernel, _row_dots, _unsigned, grid_applies
 from .reference import check_conv_operands
 
 __all__ = ["applies", "conv", "conv_backward"]
@@ -65,13 +65,10 @@ def applies(kernel, stride, padding, dilation) -> bool:
     """True when ``conv`` computes this convolution: stride 1, no dilation, each pad <= k - 1
     (so the input gradient's padding ``k - 1 - pad`` is not negative).
 
-    ``padding`` is ``(top, bottom, left, right)``.
+    ``padding`` is ``(top, bottom, left, right)``. (The stride-1 depthwise cores in ``cpu.py``
+    use the same grid and the same rule.)
     """
-    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or len(padding) != 4:
-        return False
-    kh, kw = (int(k) for k in kernel)
-    pt, pb, pl, pr = (int(p) for p in padding)
-    return 0 <= pt < kh and 0 <= pb < kh and 0 <= pl < kw and 0 <= pr < kw
+    return grid_applies(kernel, stride, padding, dilation)
 
 
 # ---------------------------------------------------------------- Numba cores

@@ -436,7 +436,7 @@ GRID_CASES = [
 def test_depthwise_stride_one_both_cores_match_reference(monkeypatch, grid, shape, kernel, padding, multiplier,
                                                           dtype):
     monkeypatch.setattr(cpu, "DEPTHWISE_GRID", grid)
-    assert cpu._grid_applies(kernel, (1, 1), padding, (1, 1))
+    assert cpu.grid_applies(kernel, (1, 1), padding, (1, 1))
     rng = np.random.default_rng(12)
     x = rng.standard_normal(shape).astype(dtype)
     weight = rng.standard_normal((shape[1] * multiplier, 1) + kernel).astype(dtype)
@@ -450,7 +450,8 @@ def test_depthwise_stride_one_both_cores_match_reference(monkeypatch, grid, shap
 
 
 def test_depthwise_grid_applies_to_stride_one_only():
-    assert cpu._grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
-    assert not cpu._grid_applies((3, 3), (2, 2), (1, 1, 1, 1), (1, 1))   # stride
-    assert not cpu._grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (2, 1))   # dilation
-    assert not cpu._grid_applies((3, 3), (1, 1), (3, 1, 1, 1), (1, 1))   # a pad beyond k - 1
+    """The same rule as ``direct.applies`` (which calls it)."""
+    assert cpu.grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    assert not cpu.grid_applies((3, 3), (2, 2), (1, 1, 1, 1), (1, 1))   # stride
+    assert not cpu.grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (2, 1))   # dilation
+    assert not cpu.grid_applies((3, 3), (1, 1), (3, 1, 1, 1), (1, 1))   # a pad beyond k - 1
