@@ -605,6 +605,16 @@ DEPTHWISE_GRID = True
 check the general cores on the same shapes)."""
 
 
+def _strided_on_grid(kernel, stride, padding, dilation) -> bool:
+    """Stride 2 (either axis), no dilation, pads <= k - 1: the output is every second one of
+    the stride-1 output, and the gradients are the stride-1 ones for a ``dy`` spread out with
+    zeros between. The grid cores then do up to 4x the work, and still beat the general
+    cores' strided loops: forward + backward, 3x3 pad 1, 32x64x32x32 7.6 -> 6.3 ms,
+    32x128x16x16 5.9 -> 3.7 (MobileNet-mini's two stride-2 layers; 3 interleaved rounds)."""
+    return (DEPTHWISE_GRID and tuple(stride) != (1, 1) and max(stride) <= 2
+            and grid_applies(kernel, (1, 1), padding, dilation))
+
+
 def depthwise_forward(x, weight, stride, padding, dilation=(1, 1), bias=None):
     """Each input channel convolved with its own ``m`` filters (torch ``groups=C``), plus ``bias``."""
     x = _as_float_array(x, "x")
@@ -618,10 +628,14 @@ def depthwise_forward(x, weight, stride, padding, dilation=(1, 1), bias=None):
     bias = np.zeros(c * m, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     if bias.shape != (c * m,):
         raise ValueError(f"depthwise_forward expected bias of shape {(c * m,)}, got {bias.shape}")
-    y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
     if DEPTHWISE_GRID and grid_applies(kernel, stride, padding, dilation):
+        y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
         _depthwise_forward_grid(y.nbytes * kh * kw, x, weight, bias, y, pt, pl)
         return y
+    if _strided_on_grid(kernel, stride, padding, dilation):  # every (sh, sw)-th output of stride 1
+        full = depthwise_forward(x, weight, (1, 1), padding, (1, 1), bias)
+        return np.ascontiguousarray(full[:, :, ::sh, ::sw][:, :, :ho, :wo])
+    y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
     _depthwise_forward(y.nbytes * kh * kw, x, weight, bias, y, m, kh, kw, sh, sw, pt, pl, dh, dw)
     return y
 
@@ -637,6 +651,11 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
     if dy.shape != (n, c * m) + output_hw(x.shape, kernel, stride, padding, dilation):
         raise ValueError(f"depthwise_backward got dy of shape {dy.shape} "
                          f"for x {x.shape}, weight {weight.shape}")
+    if _strided_on_grid(kernel, stride, padding, dilation):  # dy spread over the stride-1 output
+        full_hw = output_hw(x.shape, kernel, (1, 1), padding, (1, 1))
+        dy_full = np.zeros((n, c * m) + full_hw, dtype=dy.dtype)
+        dy_full[:, :, ::sh, ::sw][:, :, :dy.shape[2], :dy.shape[3]] = dy
+        return depthwise_backward(dy_full, x, weight, (1, 1), padding, (1, 1))
     partial, bias_partial = np.empty((n, c * m, kh, kw), dtype=dy.dtype), np.empty((n, c * m), dtype=dy.dtype)
     if DEPTHWISE_GRID and grid_applies(kernel, stride, padding, dilation):
         dx = np.empty(x.shape, dtype=dy.dtype)

@@ -449,9 +449,37 @@ def test_depthwise_stride_one_both_cores_match_reference(monkeypatch, grid, shap
         _close(actual, expected, dtype)
 
 
+@pytest.mark.parametrize("grid", [True, False], ids=["grid", "general"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, stride, padding, multiplier", [
+    ((2, 3, 7, 9), (3, 3), (2, 2), (1, 1, 1, 1), 1),     # odd sizes: the last stride-1 row unused
+    ((3, 7, 6, 5), (5, 3), (2, 1), (2, 0, 1, 2), 2),
+    ((2, 3, 8, 8), (2, 4), (1, 2), (1, 0, 3, 1), 2),
+    ((2, 2, 9, 9), (3, 3), (2, 2), (0, 0, 0, 0), 1),
+])
+def test_depthwise_stride_two_both_ways_match_reference(monkeypatch, grid, shape, kernel, stride, padding,
+                                                          multiplier, dtype):
+    """Stride 2 on the grid: every second stride-1 output, and the stride-1 gradients of a
+    ``dy`` spread out with zeros; against the reference and the general cores."""
+    monkeypatch.setattr(cpu, "DEPTHWISE_GRID", grid)
+    assert cpu._strided_on_grid(kernel, stride, padding, (1, 1)) == grid
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal((shape[1] * multiplier, 1) + kernel).astype(dtype)
+    bias = rng.standard_normal(weight.shape[0]).astype(dtype)
+    y = cpu.depthwise_forward(x, weight, stride, padding, bias=bias)
+    _close(y, reference.depthwise_forward(x, weight, stride, padding, (1, 1), bias=bias), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for actual, expected in zip(cpu.depthwise_backward(dy, x, weight, stride, padding),
+                                reference.depthwise_backward(dy, x, weight, stride, padding, (1, 1))):
+        _close(actual, expected, dtype)
+
+
 def test_depthwise_grid_applies_to_stride_one_only():
     """The same rule as ``direct.applies`` (which calls it)."""
     assert cpu.grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
     assert not cpu.grid_applies((3, 3), (2, 2), (1, 1, 1, 1), (1, 1))   # stride
     assert not cpu.grid_applies((3, 3), (1, 1), (1, 1, 1, 1), (2, 1))   # dilation
     assert not cpu.grid_applies((3, 3), (1, 1), (3, 1, 1, 1), (1, 1))   # a pad beyond k - 1
+    assert cpu._strided_on_grid((3, 3), (2, 1), (1, 1, 1, 1), (1, 1))   # stride 2: spread over stride 1
+    assert not cpu._strided_on_grid((3, 3), (3, 3), (1, 1, 1, 1), (1, 1))
