@@ -18,8 +18,10 @@ __all__ = [
     "im2col", "col2im",
     "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
     "depthwise_forward", "depthwise_backward", "batchnorm_forward", "batchnorm_backward",
-    "conv_epilogue", "conv_epilogue_backward", "relu_forward", "relu_backward", "matmul_nt", "matmul_each", "sum_matmul_nt", "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw", "reference", "cpu",
-    "winograd", "direct", "batch_inner",
+    "conv_epilogue", "conv_epilogue_backward", "relu_forward", "relu_backward",
+    "matmul_nt", "matmul_each", "sum_matmul_nt",
+    "winograd_pays", "direct_pays", "batch_inner_pays", "output_hw",
+    "reference", "cpu", "winograd", "direct", "batch_inner",
 ]
 
 output_hw = reference.output_hw

@@ -52,11 +52,12 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # ---------------------------------------------------------------- argument handling
-def _as_float_array(a, what: str, rank: int = 4):
+def _as_float_array(a, what: str, rank: int | None = 4):
+    """``a`` contiguous, checked to be float32/float64 with ``rank`` dimensions (any with None)."""
     a = np.ascontiguousarray(a)
     if a.dtype not in _FLOATS:
         raise TypeError(f"minicnn CPU kernels expected {what} as float32 or float64, got {a.dtype}")
-    if a.ndim != rank:
+    if rank is not None and a.ndim != rank:
         raise ValueError(f"minicnn CPU kernels expected {what} with {rank} dimensions, got shape {a.shape}")
     return a
 
@@ -514,7 +515,8 @@ def _depthwise_backward(dy, x, weight, dx, dweight_partial, dbias_partial, m, kh
 # flipped. Planes go in chunks of ``_GRID_PLANES`` per task: the scratch grids are allocated,
 # and their padding zeroed, once per chunk (only the interiors are rewritten per plane).
 # Measured (forward + backward, 3x3 pad 1, 2 cores, 3 interleaved rounds): 32x128x16x16 8.3 ->
-# 2.6 ms, 32x32x32x32 5.9 -> 2.5, 32x128x8x8 3.8 -> 1.3, L5's 64x64x32x32 20.2 -> 9.8. As on
+# 2.6 ms, 32x32x32x32 5.9 -> 2.5, 32x128x8x8 3.8 -> 1.3, L5's 64x64x32x32 20.2 -> 9.8 (in the
+# benchmark L5 7.7-9.7 ms against torch's 47-55 in the same runs, ninth session). As on
 # ``direct.py``'s grid, the weight gradient also multiplies ``dy``'s zero garbage columns by
 # input pixels: an Inf or NaN in ``x`` turns more taps NaN than an exact sum would.
 _GRID_PLANES = 16
@@ -552,9 +554,9 @@ def _depthwise_forward_grid(x, weight, bias, y, pt, pl):
 
 
 @_kernel(fastmath={"reassoc", "contract"})  # reassoc: vectorised dot products
-def _depthwise_backward_grid(dy, x, weight, flipped, dx, dweight_partial, dbias_partial, pt, pl):
+def _depthwise_backward_grid(dy, x, flipped, dx, dweight_partial, dbias_partial, pt, pl):
     n, c, h, w = x.shape
-    m, kh, kw = weight.shape[0] // c, weight.shape[2], weight.shape[3]
+    m, kh, kw = flipped.shape[0] // c, flipped.shape[2], flipped.shape[3]
     ho, wo = dy.shape[2], dy.shape[3]
     hp, wp = ho + kh - 1, wo + kw - 1  # x's padded grid
     hz, wz = h + kh - 1, w + kw - 1    # dy's, padded by k - 1 - pad, for the input gradient
@@ -611,8 +613,7 @@ def _strided_on_grid(kernel, stride, padding, dilation) -> bool:
     zeros between. The grid cores then do up to 4x the work, and still beat the general
     cores' strided loops: forward + backward, 3x3 pad 1, 32x64x32x32 7.6 -> 6.3 ms,
     32x128x16x16 5.9 -> 3.7 (MobileNet-mini's two stride-2 layers; 3 interleaved rounds)."""
-    return (DEPTHWISE_GRID and tuple(stride) != (1, 1) and max(stride) <= 2
-            and grid_applies(kernel, (1, 1), padding, dilation))
+    return tuple(stride) != (1, 1) and max(stride) <= 2 and grid_applies(kernel, (1, 1), padding, dilation)
 
 
 def depthwise_forward(x, weight, stride, padding, dilation=(1, 1), bias=None):
@@ -632,7 +633,7 @@ def depthwise_forward(x, weight, stride, padding, dilation=(1, 1), bias=None):
         y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
         _depthwise_forward_grid(y.nbytes * kh * kw, x, weight, bias, y, pt, pl)
         return y
-    if _strided_on_grid(kernel, stride, padding, dilation):  # every (sh, sw)-th output of stride 1
+    if DEPTHWISE_GRID and _strided_on_grid(kernel, stride, padding, dilation):  # every (sh, sw)-th output of stride 1
         full = depthwise_forward(x, weight, (1, 1), padding, (1, 1), bias)
         return np.ascontiguousarray(full[:, :, ::sh, ::sw][:, :, :ho, :wo])
     y = np.empty((n, c * m, ho, wo), dtype=x.dtype)
@@ -651,7 +652,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
     if dy.shape != (n, c * m) + output_hw(x.shape, kernel, stride, padding, dilation):
         raise ValueError(f"depthwise_backward got dy of shape {dy.shape} "
                          f"for x {x.shape}, weight {weight.shape}")
-    if _strided_on_grid(kernel, stride, padding, dilation):  # dy spread over the stride-1 output
+    if DEPTHWISE_GRID and _strided_on_grid(kernel, stride, padding, dilation):  # dy spread over the stride-1 output
         full_hw = output_hw(x.shape, kernel, (1, 1), padding, (1, 1))
         dy_full = np.zeros((n, c * m) + full_hw, dtype=dy.dtype)
         dy_full[:, :, ::sh, ::sw][:, :, :dy.shape[2], :dy.shape[3]] = dy
@@ -660,7 +661,7 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
     if DEPTHWISE_GRID and grid_applies(kernel, stride, padding, dilation):
         dx = np.empty(x.shape, dtype=dy.dtype)
         flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1])
-        _depthwise_backward_grid(dy.nbytes * kh * kw, dy, x, weight, flipped, dx, partial, bias_partial, pt, pl)
+        _depthwise_backward_grid(dy.nbytes * kh * kw, dy, x, flipped, dx, partial, bias_partial, pt, pl)
     else:
         dx = np.zeros(x.shape, dtype=dy.dtype)
         _depthwise_backward(dy.nbytes * kh * kw, dy, x, weight, dx, partial, bias_partial,
@@ -681,7 +682,8 @@ def depthwise_backward(dy, x, weight, stride, padding, dilation=(1, 1)):
 # from the deviations' own sums, small numbers (a 1e4 offset keeps var to 1e-5 relative).
 # Measured against float64 throughout (2 cores, 2 alternating runs): 64x64x32x32 forward
 # 2.2-2.5 -> 2.0-2.1 ms, backward 2.9-3.0 -> 2.5-2.6; MobileNet-mini's 32x128x16x16
-# backward 1.4 -> 0.6.
+# backward 1.4 -> 0.6. The benchmark's 64x64x32x32 case: 5.3-7.8 ms against torch's 11.4-17.2
+# in the same runs (docs/benchmarks.md, ninth session).
 @_kernel(fastmath={"reassoc", "contract"})  # reassoc: vectorised sums
 def _batchnorm_forward(x, weight, bias, eps, y, mean, var, inv_std):
     n, c, hw = x.shape
@@ -895,9 +897,7 @@ def _relu_backward(dy, y, dx):
 
 def relu_forward(x):
     """``y = max(x, 0)`` elementwise (NaN stays NaN); any shape."""
-    x = np.ascontiguousarray(x)
-    if x.dtype not in _FLOATS:
-        raise ValueError(f"relu_forward expected a float32/float64 array, got {x.dtype}")
+    x = _as_float_array(x, "x", rank=None)
     y = np.empty_like(x)
     _relu_forward(2 * x.nbytes, x, y)
     return y
@@ -906,11 +906,11 @@ def relu_forward(x):
 def relu_backward(dy, relu_output):
     """``dx = dy`` where ``relu_output > 0``, else 0: the gradient through ``relu_forward``,
     from its output ``y``."""
-    y = np.ascontiguousarray(relu_output)
-    dy = np.ascontiguousarray(dy, dtype=np.result_type(dy, y))
-    if dy.shape != y.shape or dy.dtype not in _FLOATS:
-        raise ValueError(f"relu_backward expected a float dy of the output's shape {y.shape}, "
-                         f"got {dy.dtype} {dy.shape}")
+    y = _as_float_array(relu_output, "relu_output", rank=None)
+    dy = _as_float_array(dy, "dy", rank=None)
+    dy = dy.astype(np.result_type(dy, y), copy=False)  # float64 dy into a float32 layer: float64, as NumPy
+    if dy.shape != y.shape:
+        raise ValueError(f"relu_backward expected dy of the output's shape {y.shape}, got {dy.shape}")
     dx = np.empty_like(dy)
     _relu_backward(3 * dy.nbytes, dy, y, dx)
     return dx
