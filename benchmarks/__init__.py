@@ -3,7 +3,7 @@
 Both frameworks run in the same process, on the same shapes, with the same
 number of threads (``torch.set_num_threads(minicnn.threads.get_num_threads())``).
 Each case is timed in interleaved blocks (minicnn's calls back to back, then
-torch's, three rounds), each block after a 0.3 s pause (so the other framework's
+torch's, seven rounds), each block after a 0.3 s pause (so the other framework's
 idle workers have stopped spinning) and a warm-up; the table reports medians.
 See ``docs/benchmarks.md`` for the method and the figures measured.
 

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--json] [--plot PATH] [--repeats N]``."""
+"""``python -m benchmarks [--quick] [--json] [--plot PATH] [--repeats N] [--rounds N]``."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,8 @@ def _parse(argv):
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart of the ratios (PNG)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repeats per case (default 15, quick 7)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds per case (default 7, quick 3): the repeats are spread over them")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory phase")
     parser.add_argument("--only", metavar="TEXT", help="run only cases whose name contains TEXT")
     return parser.parse_args(argv)
@@ -43,12 +45,16 @@ def _recording_best(fn, gflop):
 def main(argv=None) -> int:
     args = _parse(argv)
     repeats = args.repeats or (7 if args.quick else 15)
+    # Seven rounds since the tenth session: on this shared host one round's ratio can be 0.8 and the
+    # next 1.9 for the same code, and with three rounds one such block moved a case's median by
+    # 20 % (L2: 1.09-1.36 in four runs with 3 rounds, 1.07-1.19 in eight with 7; docs/benchmarks.md).
+    rounds = args.rounds or (3 if args.quick else 7)
     torch.set_num_threads(threads.get_num_threads())
     ceiling = sgemm_ceiling()
     info = threads.describe()
     meta = {"threads": threads.get_num_threads(), "numba_threading_layer": info["numba_threading_layer"],
             "blas_threads": info["blas_threads"], "torch_threads": torch.get_num_threads(),
-            "sgemm_gflops": ceiling, "repeats": repeats, "settle_seconds": SETTLE_SECONDS, "python": platform.python_version(),
+            "sgemm_gflops": ceiling, "repeats": repeats, "rounds": rounds, "settle_seconds": SETTLE_SECONDS, "python": platform.python_version(),
             "numpy": __import__("numpy").__version__, "numba": __import__("numba").__version__,
             "torch": torch.__version__, "minicnn": minicnn.__version__, "machine": platform.processor()}
     selected = [c for c in case_list.all_cases(args.quick) if not args.only or args.only in c.name]
@@ -58,10 +64,10 @@ def main(argv=None) -> int:
         try:
             run_minicnn, run_torch = case.build()
             if case.min_ceiling is None:
-                timings = time_blocks((run_minicnn, run_torch), repeats=repeats)
+                timings = time_blocks((run_minicnn, run_torch), repeats=repeats, rounds=rounds)
             else:  # also the ceiling's matmul, in the same rounds: how fast BLAS ran meanwhile
                 run_sgemm, sgemm_gflop = _recording_best(*sgemm_call())
-                timings = time_blocks((run_minicnn, run_torch, run_sgemm), repeats=repeats)
+                timings = time_blocks((run_minicnn, run_torch, run_sgemm), repeats=repeats, rounds=rounds)
                 row["sgemm_alongside_gflops"] = sgemm_gflop / (timings.medians[2] / 1e3)
                 sgemm_readings.append(run_sgemm.best_gflops)
             minicnn_ms, torch_ms = timings.medians[:2]

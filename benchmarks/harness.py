@@ -56,7 +56,7 @@ def time_blocks(fns, warmup: int = 3, repeats: int = 15, rounds: int = 3,
     """
     times = [[] for _ in fns]
     by_round = []
-    per_round = max(1, repeats // rounds)
+    per_round = max(1, -(-repeats // rounds))  # at least ``repeats`` calls in all
     # Short calls get more repeats (blocks of about 0.15 s, at most 50 calls): on a shared
     # 2-core VM a 10 ms case moves by 10-30 % between blocks of 5, less between blocks of 15.
     per_round = max(per_round, min(50, int(0.15 / max(max(_seconds(fn) for fn in fns), 1e-4))))

@@ -29,7 +29,7 @@ def test_a_quick_run_prints_json_with_ratios_and_verdicts(capsys):
     require_torch()
     from benchmarks.__main__ import main
 
-    assert main(["--only", "maxpool", "--no-memory", "--repeats", "3", "--json"]) == 0
+    assert main(["--only", "maxpool", "--no-memory", "--repeats", "3", "--rounds", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["meta"]["threads"] >= 1 and report["meta"]["sgemm_gflops"] > 0
     (row,) = report["results"]
