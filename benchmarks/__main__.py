@@ -18,14 +18,21 @@ from .harness import SETTLE_SECONDS, peak_memory, sgemm_call, sgemm_ceiling, tim
 from .report import format_table, plot_ratios, to_json
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a fast subset (small layers, LeNet-5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart of the ratios (PNG)")
-    parser.add_argument("--repeats", type=int, default=None,
+    parser.add_argument("--repeats", type=_positive, default=None,
                         help="timed repeats per case (default 15, quick 7)")
-    parser.add_argument("--rounds", type=int, default=None,
+    parser.add_argument("--rounds", type=_positive, default=None,
                         help="interleaved rounds per case (default 7, quick 3): the repeats are spread over them")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory phase")
     parser.add_argument("--only", metavar="TEXT", help="run only cases whose name contains TEXT")

@@ -72,3 +72,13 @@ def test_the_sgemm_timed_alongside_is_reported_but_the_target_stays_the_ceiling(
     assert verdicts(dict(row, gflops=130.0), ceiling=180.0)[0].startswith("PASS")
     fn, gflop = harness.sgemm_call(64)
     assert fn().shape == (64, 64) and gflop == pytest.approx(2 * 64**3 / 1e9)
+
+
+@pytest.mark.parametrize("option", ["--rounds", "--repeats"])
+def test_rounds_and_repeats_must_be_positive(option, capsys):
+    require_torch()  # benchmarks.__main__ imports torch first
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--only", "maxpool", option, "0"])
+    assert f"argument {option}: expected a positive integer, got '0'" in capsys.readouterr().err
