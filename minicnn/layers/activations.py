@@ -41,10 +41,7 @@ class ReLU(Layer):
 
     def backward(self, dy):
         y = getattr(self, "_cache_y", None)
-        if y is None:
-            raise RuntimeError(f"{self.name}.backward called before forward")
-        if tuple(dy.shape) != tuple(y.shape):
-            raise ValueError(f"{self.name}.backward expected dy of shape {tuple(y.shape)}, got {tuple(dy.shape)}")
+        self._check_dy(dy, None if y is None else y.shape)
         return kernels.relu_backward(dy, y)
 
 

@@ -254,6 +254,15 @@ class Layer:
             layer._clear_cache()
         return self
 
+    def _check_dy(self, dy, expected) -> None:
+        """The errors a ``backward`` gives for a ``dy`` it cannot use: ``expected`` (the shape
+        of the last forward's output) is None when there was no forward since the last clear."""
+        if expected is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        if tuple(dy.shape) != tuple(expected):
+            raise ValueError(f"{self.name}.backward expected dy of shape {tuple(expected)} "
+                             f"(the output of the last forward), got {tuple(dy.shape)}")
+
     def _clear_cache(self) -> None:
         """Drop arrays cached by forward (called when the layer moves device)."""
         for key in [k for k in vars(self) if k.startswith("_cache")]:

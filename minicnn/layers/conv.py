@@ -290,17 +290,14 @@ class _ConvLayer(Layer):
     def _start_backward(self, dy, bias_grad: bool = True):
         """Check ``dy``, go back through the activation, and fill the bias gradient (unless
         the caller's kernel sums it: ``bias_grad=False``)."""
-        dy = self.activation.backward(self._check_dy(dy))
+        dy = self.activation.backward(self._checked_dy(dy))
         if self.use_bias and bias_grad:
             self.grads["bias"][...] = dy.sum(axis=(0, 2, 3))
         return dy
 
-    def _check_dy(self, dy):
-        if getattr(self, "_cache_x", None) is None:
-            raise RuntimeError(f"{self.name}.backward called before forward")
-        if tuple(dy.shape) != tuple(self._cache_y_shape):
-            raise ValueError(f"{self.name}.backward expected dy of shape {tuple(self._cache_y_shape)}, "
-                             f"got {tuple(dy.shape)}")
+    def _checked_dy(self, dy):
+        """``dy`` checked against the last forward's output, in the layer's dtype."""
+        self._check_dy(dy, None if getattr(self, "_cache_x", None) is None else self._cache_y_shape)
         return dy.astype(self.dtype, copy=False)
 
     def _finish_forward_gemm(self, x, y2, out_hw, training):
@@ -328,7 +325,7 @@ class _ConvLayer(Layer):
 
     def _activation_backward(self, dy):
         """Check ``dy`` and go back through an activation the kernels did not fuse (not ReLU)."""
-        dy = self._check_dy(dy)
+        dy = self._checked_dy(dy)
         return dy if self._cache_fused else self.activation.backward(dy)
 
     def _start_backward_gemm(self, dy, gemm_layout: bool = True):
@@ -429,7 +426,7 @@ class Conv2D(_ConvLayer):
         return self._finish_forward_gemm(x, y2, out_hw, training)
 
     def backward(self, dy):
-        dy = self._check_dy(dy)  # before reading the cache: says "backward called before forward"
+        dy = self._checked_dy(dy)  # before reading the cache: says "backward called before forward"
         x, weight, pads = self._cache_x, self.params["weight"], self._cache_pads
         if _is_pointwise(self.kernel_size, self.stride, pads):  # forward ran in (N, C, H, W) layout
             dy = self._start_backward(dy)

@@ -147,5 +147,5 @@ def test_relu_backward_checks_its_state_and_dy():
     with pytest.raises(RuntimeError, match=r"ReLU\w*\.backward called before forward"):
         layer.backward(np.ones((2, 3), np.float32))
     layer.forward(np.ones((2, 3), np.float32))
-    with pytest.raises(ValueError, match=r"ReLU\w*\.backward expected dy of shape \(2, 3\), got \(3, 2\)"):
+    with pytest.raises(ValueError, match=r"ReLU\w*\.backward expected dy of shape \(2, 3\) \(the output of the last forward\), got \(3, 2\)"):
         layer.backward(np.ones((3, 2), np.float32))

@@ -671,7 +671,7 @@ def test_backward_misuse():
     with pytest.raises(RuntimeError, match=r"Conv2D.backward called before forward"):
         layer.backward(np.zeros((1, 2, 3, 3)))
     layer(np.zeros((1, 1, 5, 5), np.float32))
-    with pytest.raises(ValueError, match=r"Conv2D.backward expected dy of shape \(1, 2, 3, 3\), got \(1, 2, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"Conv2D.backward expected dy of shape \(1, 2, 3, 3\) \(the output of the last forward\), got \(1, 2, 5, 5\)"):
         layer.backward(np.zeros((1, 2, 5, 5)))
 
 

@@ -205,5 +205,13 @@ def test_bad_constructor_arguments_raise(make, error, message):
 @pytest.mark.parametrize("layer", [MaxPool2D(2), AvgPool2D(2), UpSampling2D(2)])
 def test_backward_rejects_a_gradient_of_the_wrong_shape(layer):
     layer.forward(np.ones((2, 3, 4, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"backward expected dy of shape"):
+    with pytest.raises(ValueError, match=r"2D\.backward expected dy of shape \(2, 3, \d+, \d+\) "
+                                         r"\(the output of the last forward\), got \(2, 3, 3, 3\)"):
         layer.backward(np.ones((2, 3, 3, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("make", [lambda: MaxPool2D(2), lambda: AvgPool2D(2), lambda: UpSampling2D(2)])
+def test_backward_before_forward_says_so(make):
+    layer = make()
+    with pytest.raises(RuntimeError, match=r"2D\.backward called before forward"):
+        layer.backward(np.ones((2, 3, 2, 2), dtype=np.float32))
