@@ -35,7 +35,8 @@ def _parse(argv):
     parser.add_argument("--rounds", type=_positive, default=None,
                         help="interleaved rounds per case (default 7, quick 3): the repeats are spread over them")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory phase")
-    parser.add_argument("--only", metavar="TEXT", help="run only cases whose name contains TEXT")
+    parser.add_argument("--only", metavar="TEXT", action="append",
+                        help="run only cases whose name contains TEXT (repeat for several)")
     return parser.parse_args(argv)
 
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
             "sgemm_gflops": ceiling, "repeats": repeats, "rounds": rounds, "settle_seconds": SETTLE_SECONDS, "python": platform.python_version(),
             "numpy": __import__("numpy").__version__, "numba": __import__("numba").__version__,
             "torch": torch.__version__, "minicnn": minicnn.__version__, "machine": platform.processor()}
-    selected = [c for c in case_list.all_cases(args.quick) if not args.only or args.only in c.name]
+    selected = [c for c in case_list.all_cases(args.quick) if not args.only or any(text in c.name for text in args.only)]
     rows, pairs, sgemm_readings = [], [], []
     for case in selected:
         row = {"name": case.name, "max_ratio": case.max_ratio, "min_ceiling": case.min_ceiling}

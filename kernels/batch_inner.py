@@ -41,11 +41,12 @@ gradients). ``im2col`` and ``col2im`` are their column kernels on (N, C, H, W) a
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import get_num_threads, njit, prange
 
 from minicnn.backend import get_workspace_limit, scratch
 
-from .cpu import _geometry, _kernel, _unsigned, _valid_range, matmul_nt
+from . import blas
+from .cpu import _geometry, _kernel, _unsigned, _valid_range, matmul_nt, one_blas_thread
 from .reference import check_conv_operands, output_hw
 
 __all__ = ["conv", "conv_backward", "im2col", "col2im", "column_order", "BATCH_BLOCK", "BLOCK_BYTES"]
@@ -180,6 +181,96 @@ def _col2im(cols, n, c, h, w, nb, s0, s1, dxb, kh, kw, sh, sw, pt, pl, dh, dw, h
                             dxb[_unsigned(d + t)] += cf[_unsigned(s + t)]
 
 
+# ---------------------------------------------------------------- block by block, in cache
+# The whole-batch path below writes all the columns (7.7 MB for LeNet-5's conv2 at batch 128),
+# multiplies them in one GEMM and reads its output back: each pass waits on memory, and the
+# thin GEMMs (16 rows, or an inner dimension of 16) ran at ~80 GFLOP/s from cold operands
+# against ~125 hot. Below, each thread (a "lane") takes its own blocks of samples, one at a
+# time: the block's columns (150 x 1600 floats, under 1 MB, for that layer) into the lane's
+# own buffer, the GEMM, the epilogue (forward) or the weight gradient's product, the
+# columns' gradient and col2im (backward), while the block is in cache. The GEMMs are NumPy's
+# own BLAS, called from the kernel (``kernels/blas.py``) on one BLAS thread each.
+_im2col_1, _col2im_1 = _im2col.serial, _col2im.serial   # the serial cores, as names Numba can call
+_to_blocked_1, _from_blocked_1 = _to_blocked.serial, _from_blocked.serial
+
+
+@njit(cache=True, inline="always")
+def _block_views(block, nb, n, hw, cols, taps, other, rows):
+    """Samples ``s0 <= n < s1`` of ``block``, its column count ``width``, and a lane's flat
+    buffers as that block's ``(taps, width)`` columns and ``(rows, width)`` GEMM output or input."""
+    s0 = block * nb
+    s1 = min(s0 + nb, n)
+    width = (s1 - s0) * hw
+    return s0, s1, width, cols[:taps * width].reshape(taps, width), other[:rows * width].reshape(rows, width)
+
+
+@njit(cache=True, parallel=True)
+def _conv_by_block(gemm_fn, xb, x_shape, nb, w2, bias, relu, y, cols, z, kh, kw, sh, sw, pt, pl, dh, dw):
+    """``conv``'s forward: lane ``l`` of ``cols.shape[0]`` does blocks ``l*B//lanes ..
+    (l+1)*B//lanes - 1`` of the B blocks of ``nb`` samples, in its own ``cols[l]`` and ``z[l]`` (flat)."""
+    n, c, h, w = x_shape
+    c_out, taps = w2.shape
+    ho, wo = y.shape[2], y.shape[3]
+    hw, lanes = ho * wo, cols.shape[0]
+    blocks = (n + nb - 1) // nb
+    for lane in prange(lanes):
+        for block in range(lane * blocks // lanes, (lane + 1) * blocks // lanes):
+            s0, s1, width, block_cols, block_z = _block_views(block, nb, n, hw, cols[lane], taps, z[lane], c_out)
+            _im2col_1(xb, n, c, h, w, nb, s0, s1, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            blas.gemm(gemm_fn, False, c_out, width, taps, w2, taps, block_cols, width, 0.0, block_z, width)
+            _from_blocked_1(block_z.reshape(-1), bias, relu, nb, y[s0:s1].reshape(s1 - s0, c_out, hw))
+
+
+@njit(cache=True, parallel=True)
+def _conv_backward_by_block(gemm_fn, dy, mask, relu, xb, x_shape, nb, w2, w2t, input_grad, dxb, dweight, dbias,
+                            cols, dz, kh, kw, sh, sw, pt, pl, dh, dw):
+    """``conv_backward``'s sums and ``dx`` (blocked, into ``dxb``), block by block as
+    ``_conv_by_block``: lane ``l`` writes ``dweight[l]`` and ``dbias[l]`` over with its first
+    block's and adds its other blocks'; ``dx``'s blocks are disjoint."""
+    n, c, h, w = x_shape
+    c_out, taps = w2.shape
+    ho, wo = dy.shape[2], dy.shape[3]
+    hw, lanes = ho * wo, cols.shape[0]
+    blocks = (n + nb - 1) // nb
+    for lane in prange(lanes):
+        first = lane * blocks // lanes
+        sums = np.empty(c_out)
+        for block in range(first, (lane + 1) * blocks // lanes):
+            s0, s1, width, block_cols, block_dz = _block_views(block, nb, n, hw, cols[lane], taps, dz[lane], c_out)
+            # dz = dy (times ReLU's mask), blocked; the bias gradient's sums on the way
+            _to_blocked_1(dy[s0:s1].reshape(s1 - s0, c_out, hw), mask[s0:s1].reshape(s1 - s0, c_out, hw), relu,
+                          nb, block_dz.reshape(-1), sums)
+            for o in range(c_out):
+                dbias[lane, o] = sums[o] if block == first else dbias[lane, o] + sums[o]
+            _im2col_1(xb, n, c, h, w, nb, s0, s1, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            # dW += dz @ cols.T, then the columns' gradient W.T @ dz over the columns
+            blas.gemm(gemm_fn, True, c_out, taps, width, block_dz, width, block_cols, width,
+                      0.0 if block == first else 1.0, dweight[lane], taps)
+            if input_grad:
+                blas.gemm(gemm_fn, False, taps, width, c_out, w2t, c_out, block_dz, width, 0.0, block_cols, width)
+                _col2im_1(block_cols, n, c, h, w, nb, s0, s1, dxb, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+
+
+BY_BLOCK = True
+"""Run block by block when ``_lanes`` allows; tests switch it off to check the whole-batch path."""
+
+BY_BLOCK_MAX_BYTES = 4 * 2**20
+"""At most this many bytes of columns per block for the block-by-block path (LeNet-5's conv2:
+0.94 MB): beyond that a block's columns leave the cache before the GEMM reads them."""
+
+
+def _lanes(n: int, taps: int, hw: int, dtype) -> int:
+    """How many threads run block by block (one block's buffers each), or 0 for the
+    whole-batch path: when NumPy's BLAS cannot be called from a kernel (``blas.gemm_function``),
+    a block's columns exceed ``BY_BLOCK_MAX_BYTES``, or there are fewer blocks than threads."""
+    lanes = get_num_threads()
+    blocks = -(-n // BATCH_BLOCK)
+    block_bytes = taps * BATCH_BLOCK * hw * np.dtype(dtype).itemsize
+    if not BY_BLOCK or blocks < lanes or block_bytes > BY_BLOCK_MAX_BYTES or blas.gemm_function(dtype) is None:
+        return 0
+    return lanes
+
+
 # ---------------------------------------------------------------- helpers
 def _chunks(n: int, bytes_per_sample: int) -> list[tuple[int, int]]:
     """Sample ranges ``(start, stop)`` of whole blocks whose columns take about ``BLOCK_BYTES``,
@@ -276,6 +367,15 @@ def conv(x, weight, stride, padding, dilation=(1, 1), bias=None, relu=False, kee
     geometry = _geometry(weight.shape[2:], stride, padding, dilation)
     xb = _blocked(x, "batch_inner.x")
     w2 = weight.reshape(c_out, taps)
+    bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    lanes = _lanes(n, taps, hw, x.dtype)
+    if lanes:  # block by block; backward recomputes each block's columns, in cache
+        y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
+        cols = scratch("cols", (lanes, taps * BATCH_BLOCK * hw), x.dtype)
+        z = scratch("gemm", (lanes, c_out * BATCH_BLOCK * hw), x.dtype)
+        with one_blas_thread():
+            _conv_by_block(blas.gemm_function(x.dtype), xb, x.shape, BATCH_BLOCK, w2, bias, bool(relu), y, cols, z, *geometry)
+        return y, None
     z2 = scratch("gemm", (c_out, n * hw), x.dtype)
     chunks = _chunks(n, taps * hw * x.itemsize)
     kept = None
@@ -287,7 +387,6 @@ def conv(x, weight, stride, padding, dilation=(1, 1), bias=None, relu=False, kee
                         np.empty(shape, dtype=x.dtype) if out is None else out)
         kept = [cols] if keep else None
         np.matmul(w2, cols, out=z2[:, start * hw:stop * hw])
-    bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
     _from_blocked(y.nbytes, z2.reshape(-1), bias, bool(relu), BATCH_BLOCK, y.reshape(n, c_out, hw))
     return y, kept
@@ -315,6 +414,26 @@ def conv_backward(dy, x, weight, stride, padding, dilation=(1, 1), relu_output=N
     relu = relu_output is not None
     mask = np.ascontiguousarray(relu_output, dtype=x.dtype) if relu else dy
     geometry = _geometry(weight.shape[2:], stride, padding, dilation)
+    lanes = _lanes(n, taps, hw, x.dtype)
+    if lanes:  # block by block (``_conv_backward_by_block``); forward kept no columns
+        dweight = np.empty((lanes, c_out, taps), dtype=x.dtype)
+        dbias = np.empty((lanes, c_out))
+        dxb = scratch("batch_inner.dx", (x.size,), x.dtype)
+        with one_blas_thread():
+            _conv_backward_by_block(blas.gemm_function(x.dtype), dy, mask, relu, _blocked(x, "batch_inner.x"), x.shape,
+                                    BATCH_BLOCK, weight.reshape(c_out, taps), np.ascontiguousarray(weight.reshape(c_out, taps).T),
+                                    input_grad, dxb, dweight, dbias,
+                                    scratch("cols", (lanes, taps * BATCH_BLOCK * hw), x.dtype),
+                                    scratch("gemm", (lanes, c_out * BATCH_BLOCK * hw), x.dtype), *geometry)
+        for lane in range(1, lanes):  # in lane order: the same sums every call
+            dweight[0] += dweight[lane]
+            dbias[0] += dbias[lane]
+        dweight, dbias = dweight[0].reshape(weight.shape), dbias[0].astype(x.dtype)
+        if not input_grad:
+            return None, dweight, dbias
+        dx = np.empty(x.shape, dtype=x.dtype)
+        _from_blocked(dx.nbytes, dxb, np.zeros(c_in, x.dtype), False, BATCH_BLOCK, dx.reshape(n, c_in, h * w))
+        return dx, dweight, dbias
     dz2 = scratch("gemm", (c_out, n * hw), x.dtype)
     dbias = np.empty(c_out)
     _to_blocked(dy.nbytes, dy.reshape(n, c_out, hw), mask.reshape(n, c_out, hw), relu, BATCH_BLOCK,

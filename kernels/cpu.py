@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import types
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -45,7 +46,7 @@ __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
     "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
     "batchnorm_forward", "batchnorm_backward", "conv_epilogue", "conv_epilogue_backward", "matmul_nt",
-    "matmul_each", "sum_matmul_nt", "matmuls_side_by_side",
+    "matmul_each", "sum_matmul_nt", "matmuls_side_by_side", "one_blas_thread",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -956,11 +957,7 @@ _gemm_pool = None        # worker threads beside the calling one
 
 
 def _side_by_side_pool(workers: int):
-    global _gemm_pool, _blas_libraries
-    if _blas_libraries is None:
-        import threadpoolctl
-        _blas_libraries = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
-                           if lib.user_api == "blas"]
+    global _gemm_pool
     if _gemm_pool is None or _gemm_pool._max_workers < workers:
         if _gemm_pool is not None:  # minicnn.set_num_threads raised the thread count
             _gemm_pool.shutdown(wait=False)
@@ -1003,10 +1000,7 @@ def matmuls_side_by_side(count: int, product, flop_each: float = float("inf")) -
         for k in todo:
             product(k)
 
-    saved = [lib.get_num_threads() for lib in _blas_libraries]
-    for lib in _blas_libraries:
-        lib.set_num_threads(1)
-    try:
+    with one_blas_thread():
         helpers = [pool.submit(work) for _ in range(workers - 1)]
         try:
             work()
@@ -1014,6 +1008,22 @@ def matmuls_side_by_side(count: int, product, flop_each: float = float("inf")) -
             wait(helpers)
         for helper in helpers:
             helper.result()  # raises what a product on that thread raised
+
+
+@contextmanager
+def one_blas_thread():
+    """BLAS on one thread inside the ``with`` block (for products that minicnn's own threads
+    run side by side), its thread count restored afterwards, even after an error."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        import threadpoolctl
+        _blas_libraries = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                           if lib.user_api == "blas"]
+    saved = [lib.get_num_threads() for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
     finally:
         for lib, threads in zip(_blas_libraries, saved):
             lib.set_num_threads(threads)

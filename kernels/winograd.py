@@ -60,11 +60,12 @@ buffers, reused by every block and every call.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from minicnn.backend import get_workspace_limit, scratch
 
-from .cpu import _kernel, _unsigned, matmuls_side_by_side
+from . import blas
+from .cpu import _kernel, _unsigned, matmuls_side_by_side, one_blas_thread
 
 __all__ = ["applies", "conv3x3", "conv3x3_input_grad", "conv3x3_weight_grad"]
 
@@ -281,6 +282,77 @@ def _gradient_transform(dz, z, first, cols, tiles_h, tiles_w):
                 _store4(zf, dst, stride_k, 12, _a(r3, q3))
 
 
+# ---------------------------------------------------------------- sample by sample, in cache
+# The blocked path above writes a whole block's V (up to _BLOCK_BYTES, 32 MB), reads it back
+# in 16 GEMMs that write as large an M, and reads that back: on a 2-core VM with ~10-15 GB/s
+# of memory bandwidth those passes and GEMMs wait on memory (L3's 16 GEMMs of (64, 64) @
+# (64, 8192) ran at ~100 GFLOP/s from cold operands, against 150 with the same operands hot).
+# Below, each thread (a "lane") takes its own samples, one at a time: the input transform of
+# one sample into the lane's own V (1 MB on L3), the 16 GEMMs into its own M, the output
+# transform, all while V and M are still in cache. The GEMMs are NumPy's own BLAS, called
+# from the kernel (``kernels/blas.py``) on one BLAS thread each.
+_input_transform_1 = _input_transform.serial        # the serial cores, as names Numba can call
+_output_transform_1 = _output_transform.serial
+_gradient_transform_1 = _gradient_transform.serial
+
+
+@njit(cache=True, parallel=True)
+def _conv_by_sample(gemm_fn, x, u, bias, y, v, m, pt, pl, tiles_h, tiles_w, relu):
+    """``conv3x3``'s forward: lane ``l`` of ``v.shape[0]`` does samples ``l*N//lanes ..
+    (l+1)*N//lanes - 1`` in its own ``v[l]`` (16, C_in*T + skew) and ``m[l]`` (16, C_out*T + skew)."""
+    n, c_in = x.shape[0], x.shape[1]
+    c_out, lanes, tiles = u.shape[1], v.shape[0], tiles_h * tiles_w
+    for lane in prange(lanes):
+        for sample in range(lane * n // lanes, (lane + 1) * n // lanes):
+            _input_transform_1(x, v[lane], sample, tiles, pt, pl, tiles_h, tiles_w)
+            for k in range(16):  # M[k] (C_out, T) = U[k] (C_out, C_in) @ V[k] (C_in, T)
+                blas.gemm(gemm_fn, False, c_out, tiles, c_in, u[k], c_in, v[lane, k], tiles, 0.0,
+                          m[lane, k], tiles)
+            _output_transform_1(m[lane], bias, y, sample, tiles, tiles_h, tiles_w, relu)
+
+
+@njit(cache=True, parallel=True)
+def _weight_grad_by_sample(gemm_fn, dz, x, s, v, z, pt, pl, tiles_h, tiles_w):
+    """``conv3x3_weight_grad``'s sums: lane ``l`` adds its samples' ``Z[k] @ V[k].T`` into
+    ``s[l]`` (16, C_out, C_in), written over (not added to) by its first sample."""
+    n, c_in = x.shape[0], x.shape[1]
+    c_out, lanes, tiles = dz.shape[1], v.shape[0], tiles_h * tiles_w
+    for lane in prange(lanes):
+        first = lane * n // lanes
+        for sample in range(first, (lane + 1) * n // lanes):
+            _input_transform_1(x, v[lane], sample, tiles, pt, pl, tiles_h, tiles_w)
+            _gradient_transform_1(dz, z[lane], sample, tiles, tiles_h, tiles_w)
+            beta = 0.0 if sample == first else 1.0
+            for k in range(16):  # S[k] (C_out, C_in) += Z[k] (C_out, T) @ V[k].T (T, C_in)
+                blas.gemm(gemm_fn, True, c_out, c_in, tiles, z[lane, k], tiles, v[lane, k], tiles, beta,
+                          s[lane, k], c_in)
+
+
+BY_SAMPLE = True
+"""Run sample by sample when ``_lanes`` allows; tests switch it off to check the blocked path."""
+
+BY_SAMPLE_MAX_BYTES = 8 * 2**20
+"""At most this many bytes of ``V`` and ``M`` (or ``Z``) per sample for the sample-by-sample path:
+beyond that a sample's transforms leave the cache anyway (L3's are 2 MB)."""
+
+
+def _lanes(n: int, c_in: int, c_out: int, tiles: int, dtype) -> int:
+    """How many threads run sample by sample (one sample's buffers each), or 0 for the blocked
+    path: when NumPy's BLAS cannot be called from a kernel (``blas.gemm_function``), a
+    sample's ``V`` and ``M`` exceed ``BY_SAMPLE_MAX_BYTES``, or there are fewer samples than
+    threads (a batch of one is faster split by channel planes, as the blocked path does)."""
+    lanes = get_num_threads()
+    per_sample = 16 * (c_in + c_out) * tiles * np.dtype(dtype).itemsize
+    if not BY_SAMPLE or n < lanes or per_sample > BY_SAMPLE_MAX_BYTES or blas.gemm_function(dtype) is None:
+        return 0
+    return lanes
+
+
+def _lane_buffers(slot: str, lanes: int, channels: int, tiles: int, dtype):
+    """A (lanes, 16, channels*tiles + _SKEW) scratch array: each lane's V, M or Z."""
+    return scratch(slot, (lanes, 16, channels * tiles + _SKEW), dtype)
+
+
 # ---------------------------------------------------------------- argument checks
 def _check_array(a, what: str, owner: str, dtype=None):
     if not isinstance(a, np.ndarray):
@@ -378,6 +450,13 @@ def conv3x3(x, weight, padding, bias=None, relu=False):
     u = _filter_transform(weight)
     tiles_h, tiles_w = (ho + 1) // 2, (wo + 1) // 2
     y = np.empty((n, c_out, ho, wo), dtype=x.dtype)
+    lanes = _lanes(n, c_in, c_out, tiles_h * tiles_w, x.dtype)
+    if lanes:
+        v = _lane_buffers("winograd.v", lanes, c_in, tiles_h * tiles_w, x.dtype)
+        m = _lane_buffers("winograd.m", lanes, c_out, tiles_h * tiles_w, x.dtype)
+        with one_blas_thread():
+            _conv_by_sample(blas.gemm_function(x.dtype), x, u, bias, y, v, m, pt, pl, tiles_h, tiles_w, bool(relu))
+        return y
     for part, cols, v, m in _tiled_blocks(n, c_in, c_out, tiles_h * tiles_w, x.dtype):
         _input_transform(_WORK_SCALE * v.nbytes, x, v, part.start, cols, pt, pl, tiles_h, tiles_w)
         # 16 independent GEMMs, side by side on the threads (``cpu.matmuls_side_by_side``)
@@ -444,13 +523,24 @@ def conv3x3_weight_grad(dz, x, padding):
                          f"padding {padding!r}, got {dz.shape}")
     ho, wo = expected[2:]
     tiles_h, tiles_w = (ho + 1) // 2, (wo + 1) // 2
-    s = np.zeros((16, c_out, c_in), dtype=x.dtype)
-    for part, cols, v, z in _tiled_blocks(n, c_in, c_out, tiles_h * tiles_w, x.dtype):
-        _input_transform(_WORK_SCALE * v.nbytes, x, v, part.start, cols, pt, pl, tiles_h, tiles_w)
-        _gradient_transform(_WORK_SCALE * z.nbytes, dz, z, part.start, cols, tiles_h, tiles_w)
-        def product(k):
-            s[k] += z[k, :c_out * cols].reshape(c_out, cols) @ v[k, :c_in * cols].reshape(c_in, cols).T
-        matmuls_side_by_side(16, product, 2.0 * c_out * c_in * cols)
+    lanes = _lanes(n, c_in, c_out, tiles_h * tiles_w, x.dtype)
+    if lanes:
+        v = _lane_buffers("winograd.v", lanes, c_in, tiles_h * tiles_w, x.dtype)
+        z = _lane_buffers("winograd.m", lanes, c_out, tiles_h * tiles_w, x.dtype)
+        sums = np.empty((lanes, 16, c_out, c_in), dtype=x.dtype)
+        with one_blas_thread():
+            _weight_grad_by_sample(blas.gemm_function(x.dtype), dz, x, sums, v, z, pt, pl, tiles_h, tiles_w)
+        s = sums[0]
+        for lane in range(1, lanes):  # in lane order: the same sum every call
+            s += sums[lane]
+    else:
+        s = np.zeros((16, c_out, c_in), dtype=x.dtype)
+        for part, cols, v, z in _tiled_blocks(n, c_in, c_out, tiles_h * tiles_w, x.dtype):
+            _input_transform(_WORK_SCALE * v.nbytes, x, v, part.start, cols, pt, pl, tiles_h, tiles_w)
+            _gradient_transform(_WORK_SCALE * z.nbytes, dz, z, part.start, cols, tiles_h, tiles_w)
+            def product(k):
+                s[k] += z[k, :c_out * cols].reshape(c_out, cols) @ v[k, :c_in * cols].reshape(c_in, cols).T
+            matmuls_side_by_side(16, product, 2.0 * c_out * c_in * cols)
     dw = np.empty((c_out, c_in, 3, 3), dtype=x.dtype)
     _rows_times(s.reshape(16, c_out * c_in).T, _GG, dw.reshape(c_out * c_in, 9))  # G^T S G, per filter
     return dw

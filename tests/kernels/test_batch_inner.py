@@ -16,16 +16,30 @@ import numpy as np
 import pytest
 
 from minicnn import backend, kernels
-from minicnn.kernels import batch_inner, cpu, reference
+from minicnn.kernels import batch_inner, blas, cpu, reference
 from tests.helpers import require_torch
 from tests.kernels.conv_oracles import assert_matches, conv_data, im2col_conv, im2col_grads
 
 
-@pytest.fixture(params=["serial", "parallel"])
+@pytest.fixture(params=["serial", "parallel", "by block, 1 lane", "by block, 3 lanes"])
 def core_version(request, monkeypatch):
-    """Force the serial or the parallel compiled version of the Numba cores (picked by size)."""
+    """Each way ``conv`` and ``conv_backward`` can run: the whole-batch path with the serial or
+    the parallel compiled version of the Numba cores (picked by size), or block by block on
+    one lane or three (more lanes than the machine may have threads: lanes are prange
+    iterations; fewer blocks than lanes take the whole-batch path)."""
+    by_block = request.param.startswith("by block")
+    if by_block and blas.gemm_function(np.float32) is None:
+        pytest.skip("NumPy's BLAS is not one kernels.blas can call from a kernel: the whole-batch path runs")
+    monkeypatch.setattr(batch_inner, "BY_BLOCK", by_block)
+    monkeypatch.setattr(batch_inner, "get_num_threads", lambda: 3 if "3" in request.param else 1)
     monkeypatch.setattr(cpu, "PARALLEL_MIN_BYTES", 0 if request.param == "parallel" else 2**62)
     return request.param
+
+
+@pytest.fixture
+def whole_batch(monkeypatch):
+    """The whole-batch path (the one that keeps its columns for backward)."""
+    monkeypatch.setattr(batch_inner, "BY_BLOCK", False)
 
 
 @pytest.fixture(params=[16, 3], ids=["blocks16", "blocks3"])
@@ -97,7 +111,7 @@ def test_conv_and_gradients_match_reference(core_version, batch_block, x_shape, 
             assert_matches(actual, wanted, dtype)
 
 
-def test_chunks_of_blocks_match_the_oracle(monkeypatch):
+def test_chunks_of_blocks_match_the_oracle(monkeypatch, whole_batch):
     """A workspace too small for the whole batch: chunks of whole blocks, and still the
     reference's numbers."""
     x, weight, bias = conv_data((37, 3, 6, 5), 4, (3, 3), np.float64)
@@ -119,7 +133,41 @@ def test_chunks_of_blocks_match_the_oracle(monkeypatch):
         assert_matches(a, b, np.float64)
 
 
-def test_kept_columns_are_reused_and_spent():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_by_block_runs_and_splits_the_batch(monkeypatch, dtype):
+    """37 samples in blocks of 16 (16, 16, 5) over two lanes (1 + 2 blocks): the block-by-block
+    kernels really run, and the per-lane weight and bias sums add up to the oracle's."""
+    if blas.gemm_function(dtype) is None:
+        pytest.skip("NumPy's BLAS is not one kernels.blas can call from a kernel")
+    monkeypatch.setattr(batch_inner, "get_num_threads", lambda: 2)
+    calls = []
+    for name in ("_conv_by_block", "_conv_backward_by_block"):
+        kernel = getattr(batch_inner, name)
+        monkeypatch.setattr(batch_inner, name, lambda *args, _k=kernel, _n=name: calls.append(_n) or _k(*args))
+    x, weight, bias = conv_data((37, 3, 9, 7), 4, (3, 3), dtype)
+    padding = (1, 0, 2, 1)
+    y, kept = batch_inner.conv(x, weight, (1, 1), padding, (1, 1), bias, relu=True, keep_cols=True)
+    assert kept is None  # backward recomputes each block's columns
+    assert_matches(y, np.maximum(im2col_conv(x, weight, padding) + bias[:, None, None], 0), dtype)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dx, dweight, dbias = batch_inner.conv_backward(dy, x, weight, (1, 1), padding, (1, 1), relu_output=y)
+    expected = im2col_grads(dy * (y > 0), x, weight, padding)
+    for actual, wanted in zip((dx, dweight, dbias), expected):
+        assert_matches(actual, wanted, dtype)
+    assert calls == ["_conv_by_block", "_conv_backward_by_block"]
+
+
+def test_when_by_block_applies(monkeypatch):
+    monkeypatch.setattr(batch_inner, "get_num_threads", lambda: 2)
+    available = blas.gemm_function(np.float32) is not None
+    assert batch_inner._lanes(128, 150, 100, np.float32) == (2 if available else 0)  # LeNet-5's conv2: 8 blocks
+    assert batch_inner._lanes(16, 150, 100, np.float32) == 0        # one block, two threads
+    assert batch_inner._lanes(128, 1152, 1024, np.float32) == 0     # 75 MB of columns a block
+    monkeypatch.setattr(batch_inner, "BY_BLOCK", False)
+    assert batch_inner._lanes(128, 150, 100, np.float32) == 0
+
+
+def test_kept_columns_are_reused_and_spent(whole_batch):
     x, weight, bias = conv_data((6, 2, 7, 7), 3, (3, 3), np.float32)
     args = ((1, 1), (1, 1, 1, 1), (1, 1))
     _, first = batch_inner.conv(x, weight, *args, bias, keep_cols=True)

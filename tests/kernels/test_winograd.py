@@ -6,8 +6,9 @@
 * Input gradient: ``reference.col2im(W2.T @ dz2)``, the adjoint of that GEMM.
 * Weight gradient: ``dz2 @ reference.im2col(x).T``.
 * All three against torch's ``conv2d`` and its autograd in one case.
-* Several blocks of samples (the last one narrower), both compiled versions of each Numba
-  core (serial and parallel), and the error messages.
+* Both paths: the blocked one (several blocks of samples, the last one narrower; both
+  compiled versions of each Numba core, serial and parallel) and sample by sample on one or
+  more lanes, calling NumPy's BLAS from the kernel; and the error messages.
 """
 from __future__ import annotations
 
@@ -20,8 +21,30 @@ from tests.helpers import require_torch
 
 @pytest.fixture(params=["serial", "parallel"])
 def core_version(request, monkeypatch):
-    """Force the serial or the parallel compiled version of the Numba cores (picked by size)."""
+    """Force the blocked path, with the serial or the parallel compiled version of the Numba
+    cores (picked by size)."""
+    monkeypatch.setattr(winograd, "BY_SAMPLE", False)
     monkeypatch.setattr(cpu, "PARALLEL_MIN_BYTES", 0 if request.param == "parallel" else 2**62)
+    return request.param
+
+
+def _by_sample_available():
+    if winograd.blas.gemm_function(np.float32) is None:
+        pytest.skip("NumPy's BLAS is not one kernels.blas can call from a kernel: the blocked path runs")
+
+
+@pytest.fixture(params=["blocked serial", "blocked parallel", "by sample, 1 lane", "by sample, 3 lanes"])
+def path(request, monkeypatch):
+    """Each way ``conv3x3`` and its gradients can run: the blocked path with either compiled
+    version of its cores, or sample by sample on one lane or on three (more lanes than the
+    machine may have threads: the lanes are prange iterations; a batch smaller than the lane
+    count takes the blocked path)."""
+    by_sample = request.param.startswith("by sample")
+    if by_sample:
+        _by_sample_available()
+        monkeypatch.setattr(winograd, "get_num_threads", lambda: 3 if "3" in request.param else 1)
+    monkeypatch.setattr(winograd, "BY_SAMPLE", by_sample)
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_BYTES", 0 if "parallel" in request.param else 2**62)
     return request.param
 
 
@@ -74,7 +97,7 @@ def _data(x_shape, c_out, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("x_shape, c_out, padding", CASES)
-def test_forward_matches_im2col(core_version, x_shape, c_out, padding, dtype):
+def test_forward_matches_im2col(path, x_shape, c_out, padding, dtype):
     x, weight, bias = _data(x_shape, c_out, dtype)
     y = winograd.conv3x3(x, weight, padding)
     expected = _reference_conv(x, weight, padding)
@@ -103,7 +126,7 @@ def _reference_weight_grad(dz, x, padding):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("x_shape, c_out, padding", CASES)
-def test_gradients_match_im2col(core_version, x_shape, c_out, padding, dtype):
+def test_gradients_match_im2col(path, x_shape, c_out, padding, dtype):
     """dx against ``col2im(W2.T @ dz2)``, dW against ``dz2 @ im2col(x).T`` (float64 references)."""
     x, weight, _ = _data(x_shape, c_out, dtype, seed=2)
     ho, wo = reference.output_hw(x_shape, (3, 3), (1, 1), padding)
@@ -172,6 +195,37 @@ def test_several_blocks(core_version, monkeypatch, dtype):
     dx = winograd.conv3x3_input_grad(dz, weight, x_shape, padding)
     _assert_matches(dx, _reference_input_grad(dz, weight, x_shape, padding), dtype)
     _assert_matches(winograd.conv3x3_weight_grad(dz, x, padding), _reference_weight_grad(dz, x, padding), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_by_sample_runs_and_splits_the_batch(monkeypatch, dtype):
+    """Five samples over two lanes (2 + 3): the sample-by-sample kernels really run, and the
+    weight gradient's per-lane sums add up to the reference."""
+    _by_sample_available()
+    monkeypatch.setattr(winograd, "get_num_threads", lambda: 2)
+    calls = []
+    for name in ("_conv_by_sample", "_weight_grad_by_sample"):
+        kernel = getattr(winograd, name)
+        monkeypatch.setattr(winograd, name, lambda *args, _k=kernel, _n=name: calls.append(_n) or _k(*args))
+    x_shape, c_out, padding = (5, 3, 9, 7), 4, (1, 0, 2, 1)
+    x, weight, bias = _data(x_shape, c_out, dtype, seed=8)
+    y = winograd.conv3x3(x, weight, padding, bias=bias, relu=True)
+    _assert_matches(y, _reference_conv(x, weight, padding, bias, relu=True), dtype)
+    dz = np.random.default_rng(9).standard_normal(y.shape).astype(dtype)
+    _assert_matches(winograd.conv3x3_input_grad(dz, weight, x_shape, padding),
+                    _reference_input_grad(dz, weight, x_shape, padding), dtype)
+    _assert_matches(winograd.conv3x3_weight_grad(dz, x, padding), _reference_weight_grad(dz, x, padding), dtype)
+    assert calls == ["_conv_by_sample", "_conv_by_sample", "_weight_grad_by_sample"]
+
+
+def test_when_by_sample_applies(monkeypatch):
+    monkeypatch.setattr(winograd, "get_num_threads", lambda: 2)
+    available = winograd.blas.gemm_function(np.float32) is not None
+    assert winograd._lanes(64, 64, 64, 256, np.float32) == (2 if available else 0)   # L3: 2 MB a sample
+    assert winograd._lanes(1, 64, 64, 256, np.float32) == 0      # fewer samples than threads
+    assert winograd._lanes(64, 64, 64, 256 * 64, np.float32) == 0  # 128 MB a sample: no cache to keep it in
+    monkeypatch.setattr(winograd, "BY_SAMPLE", False)
+    assert winograd._lanes(64, 64, 64, 256, np.float32) == 0
 
 
 def test_applies():
