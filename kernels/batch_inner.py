@@ -35,7 +35,8 @@ chunks of blocks (``BLOCK_BYTES`` of columns, never above the workspace limit).
 it, so threads never write the same pixel.
 
 ``conv`` and ``conv_backward`` are the whole layer (forward with bias and ReLU, both
-gradients). ``im2col`` and ``col2im`` are their column kernels on (N, C, H, W) arrays, and
+gradients), run block by block on each thread where NumPy's BLAS can be called from a
+kernel (``_conv_by_block``, below), else for the whole batch at once. ``im2col`` and ``col2im`` are their column kernels on (N, C, H, W) arrays, and
 ``column_order`` says which column of ``kernels.im2col`` each blocked column is.
 """
 from __future__ import annotations
@@ -56,8 +57,9 @@ BATCH_BLOCK = 16
 
 BLOCK_BYTES = 16 * 2**20
 """Bytes of columns per chunk of sample blocks (as ``minicnn.layers.conv``'s ``_BLOCK_BYTES``):
-LeNet-5's conv2 at batch 128 and most of VGG-mini's layers at batch 32 are one chunk, so
-forward keeps their columns for backward."""
+on the whole-batch path, LeNet-5's conv2 at batch 128 and most of VGG-mini's layers at batch
+32 are one chunk, so forward keeps their columns for backward. (The block-by-block path,
+taken where ``_lanes`` allows, keeps none: backward recomputes each block's columns in cache.)"""
 
 
 # ---------------------------------------------------------------- Numba cores
