@@ -207,29 +207,34 @@ def _block_views(block, nb, n, hw, cols, taps, other, rows):
 
 
 @njit(cache=True, parallel=True)
-def _conv_by_block(gemm_fn, xb, x_shape, nb, w2, bias, relu, y, cols, z, kh, kw, sh, sw, pt, pl, dh, dw):
+def _conv_by_block(gemm_fn, x, nb, w2, bias, relu, y, xb, cols, z, kh, kw, sh, sw, pt, pl, dh, dw):
     """``conv``'s forward: lane ``l`` of ``cols.shape[0]`` does blocks ``l*B//lanes ..
-    (l+1)*B//lanes - 1`` of the B blocks of ``nb`` samples, in its own ``cols[l]`` and ``z[l]`` (flat)."""
-    n, c, h, w = x_shape
+    (l+1)*B//lanes - 1`` of the B blocks of ``nb`` samples, in its own ``xb[l]`` (the block's
+    input, blocked), ``cols[l]`` and ``z[l]`` (flat)."""
+    n, c, h, w = x.shape
     c_out, taps = w2.shape
     ho, wo = y.shape[2], y.shape[3]
     hw, lanes = ho * wo, cols.shape[0]
     blocks = (n + nb - 1) // nb
     for lane in prange(lanes):
+        no_sums = np.empty(0)
         for block in range(lane * blocks // lanes, (lane + 1) * blocks // lanes):
             s0, s1, width, block_cols, block_z = _block_views(block, nb, n, hw, cols[lane], taps, z[lane], c_out)
-            _im2col_1(xb, n, c, h, w, nb, s0, s1, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            block_x = x[s0:s1].reshape(s1 - s0, c, h * w)
+            _to_blocked_1(block_x, block_x, False, nb, xb[lane], no_sums)
+            _im2col_1(xb[lane], s1 - s0, c, h, w, nb, 0, s1 - s0, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             blas.gemm(gemm_fn, False, c_out, width, taps, w2, taps, block_cols, width, 0.0, block_z, width)
             _from_blocked_1(block_z.reshape(-1), bias, relu, nb, y[s0:s1].reshape(s1 - s0, c_out, hw))
 
 
 @njit(cache=True, parallel=True)
-def _conv_backward_by_block(gemm_fn, dy, mask, relu, xb, x_shape, nb, w2, w2t, input_grad, dxb, dweight, dbias,
-                            cols, dz, kh, kw, sh, sw, pt, pl, dh, dw):
-    """``conv_backward``'s sums and ``dx`` (blocked, into ``dxb``), block by block as
+def _conv_backward_by_block(gemm_fn, dy, mask, relu, x, nb, w2, w2t, input_grad, dx, dweight, dbias,
+                            xb, cols, dz, kh, kw, sh, sw, pt, pl, dh, dw):
+    """``conv_backward``'s sums and, with ``input_grad``, ``dx``, block by block as
     ``_conv_by_block``: lane ``l`` writes ``dweight[l]`` and ``dbias[l]`` over with its first
-    block's and adds its other blocks'; ``dx``'s blocks are disjoint."""
-    n, c, h, w = x_shape
+    block's and adds its other blocks'; ``dx``'s blocks are disjoint. ``xb[l]`` holds the
+    block's input, then its ``dx``, blocked."""
+    n, c, h, w = x.shape
     c_out, taps = w2.shape
     ho, wo = dy.shape[2], dy.shape[3]
     hw, lanes = ho * wo, cols.shape[0]
@@ -237,6 +242,7 @@ def _conv_backward_by_block(gemm_fn, dy, mask, relu, xb, x_shape, nb, w2, w2t, i
     for lane in prange(lanes):
         first = lane * blocks // lanes
         sums = np.empty(c_out)
+        no_bias = np.zeros(c, x.dtype)
         for block in range(first, (lane + 1) * blocks // lanes):
             s0, s1, width, block_cols, block_dz = _block_views(block, nb, n, hw, cols[lane], taps, dz[lane], c_out)
             # dz = dy (times ReLU's mask), blocked; the bias gradient's sums on the way
@@ -244,13 +250,16 @@ def _conv_backward_by_block(gemm_fn, dy, mask, relu, xb, x_shape, nb, w2, w2t, i
                           nb, block_dz.reshape(-1), sums)
             for o in range(c_out):
                 dbias[lane, o] = sums[o] if block == first else dbias[lane, o] + sums[o]
-            _im2col_1(xb, n, c, h, w, nb, s0, s1, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            block_x = x[s0:s1].reshape(s1 - s0, c, h * w)
+            _to_blocked_1(block_x, block_x, False, nb, xb[lane], sums[:0])
+            _im2col_1(xb[lane], s1 - s0, c, h, w, nb, 0, s1 - s0, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             # dW += dz @ cols.T, then the columns' gradient W.T @ dz over the columns
             blas.gemm(gemm_fn, True, c_out, taps, width, block_dz, width, block_cols, width,
                       0.0 if block == first else 1.0, dweight[lane], taps)
             if input_grad:
                 blas.gemm(gemm_fn, False, taps, width, c_out, w2t, c_out, block_dz, width, 0.0, block_cols, width)
-                _col2im_1(block_cols, n, c, h, w, nb, s0, s1, dxb, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+                _col2im_1(block_cols, s1 - s0, c, h, w, nb, 0, s1 - s0, xb[lane], kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+                _from_blocked_1(xb[lane], no_bias, False, nb, dx[s0:s1].reshape(s1 - s0, c, h * w))
 
 
 BY_BLOCK = True
@@ -287,6 +296,12 @@ def _reusable(kept, shape, dtype):
     old = kept[0] if kept else None
     fits = isinstance(old, np.ndarray) and old.shape == tuple(shape) and old.dtype == dtype
     return old if fits else None
+
+
+def _lane_buffers(lanes, sample_size, taps_hw, c_out_hw, dtype):
+    """Each lane's flat buffers for one block: its input (blocked), columns and GEMM output."""
+    return tuple(scratch(slot, (lanes, size * BATCH_BLOCK), dtype) for slot, size in
+                 (("batch_inner.x", sample_size), ("cols", taps_hw), ("gemm", c_out_hw)))
 
 
 def _blocked(x, slot):
@@ -367,17 +382,16 @@ def conv(x, weight, stride, padding, dilation=(1, 1), bias=None, relu=False, kee
     n, c_out, taps = x.shape[0], weight.shape[0], weight[0].size
     hw = out_hw[0] * out_hw[1]
     geometry = _geometry(weight.shape[2:], stride, padding, dilation)
-    xb = _blocked(x, "batch_inner.x")
     w2 = weight.reshape(c_out, taps)
     bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     lanes = _lanes(n, taps, hw, x.dtype)
     if lanes:  # block by block; backward recomputes each block's columns, in cache
         y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
-        cols = scratch("cols", (lanes, taps * BATCH_BLOCK * hw), x.dtype)
-        z = scratch("gemm", (lanes, c_out * BATCH_BLOCK * hw), x.dtype)
         with one_blas_thread():
-            _conv_by_block(blas.gemm_function(x.dtype), xb, x.shape, BATCH_BLOCK, w2, bias, bool(relu), y, cols, z, *geometry)
+            _conv_by_block(blas.gemm_function(x.dtype), x, BATCH_BLOCK, w2, bias, bool(relu), y,
+                           *_lane_buffers(lanes, x[0].size, taps * hw, c_out * hw, x.dtype), *geometry)
         return y, None
+    xb = _blocked(x, "batch_inner.x")
     z2 = scratch("gemm", (c_out, n * hw), x.dtype)
     chunks = _chunks(n, taps * hw * x.itemsize)
     kept = None
@@ -420,22 +434,16 @@ def conv_backward(dy, x, weight, stride, padding, dilation=(1, 1), relu_output=N
     if lanes:  # block by block (``_conv_backward_by_block``); forward kept no columns
         dweight = np.empty((lanes, c_out, taps), dtype=x.dtype)
         dbias = np.empty((lanes, c_out))
-        dxb = scratch("batch_inner.dx", (x.size,), x.dtype)
+        dx = np.empty(x.shape if input_grad else (0, c_in, h, w), dtype=x.dtype)
+        w2 = weight.reshape(c_out, taps)
         with one_blas_thread():
-            _conv_backward_by_block(blas.gemm_function(x.dtype), dy, mask, relu, _blocked(x, "batch_inner.x"), x.shape,
-                                    BATCH_BLOCK, weight.reshape(c_out, taps), np.ascontiguousarray(weight.reshape(c_out, taps).T),
-                                    input_grad, dxb, dweight, dbias,
-                                    scratch("cols", (lanes, taps * BATCH_BLOCK * hw), x.dtype),
-                                    scratch("gemm", (lanes, c_out * BATCH_BLOCK * hw), x.dtype), *geometry)
+            _conv_backward_by_block(blas.gemm_function(x.dtype), dy, mask, relu, x, BATCH_BLOCK, w2,
+                                    np.ascontiguousarray(w2.T), input_grad, dx, dweight, dbias,
+                                    *_lane_buffers(lanes, x[0].size, taps * hw, c_out * hw, x.dtype), *geometry)
         for lane in range(1, lanes):  # in lane order: the same sums every call
             dweight[0] += dweight[lane]
             dbias[0] += dbias[lane]
-        dweight, dbias = dweight[0].reshape(weight.shape), dbias[0].astype(x.dtype)
-        if not input_grad:
-            return None, dweight, dbias
-        dx = np.empty(x.shape, dtype=x.dtype)
-        _from_blocked(dx.nbytes, dxb, np.zeros(c_in, x.dtype), False, BATCH_BLOCK, dx.reshape(n, c_in, h * w))
-        return dx, dweight, dbias
+        return dx if input_grad else None, dweight[0].reshape(weight.shape), dbias[0].astype(x.dtype)
     dz2 = scratch("gemm", (c_out, n * hw), x.dtype)
     dbias = np.empty(c_out)
     _to_blocked(dy.nbytes, dy.reshape(n, c_out, hw), mask.reshape(n, c_out, hw), relu, BATCH_BLOCK,

@@ -18,15 +18,23 @@ and makes the Numba side wait passively:
   condition variable (~60 us per launch). The workqueue layer does not allow
   two Python threads to run minicnn kernels at the same moment.
 
-OpenBLAS's idle workers call ``sched_yield`` while they spin, so they give the
-cores back to Numba's workers.
+OpenBLAS's idle workers spin too, calling ``sched_yield``, for ``2**28`` CPU cycles
+(~0.1 s) after each multi-threaded GEMM, and ``sched_yield`` hands a core back only in
+part: a Numba kernel that runs on both cores right after a dense layer's GEMM shares one
+of them with the spinner (LeNet-5's step: 12.7 against 9.3 ms). So, unless the user exported
+``OPENBLAS_THREAD_TIMEOUT`` (export it to keep OpenBLAS's own setting: ``28`` is its
+default), minicnn sets it to ``20`` (``2**20`` cycles, ~0.4 ms: GEMMs called back to back
+still find the workers awake) and makes the already loaded OpenBLAS use it: NumPy loaded
+it, and read its environment, before ``import minicnn`` could run. ``_shorten_openblas_spin``
+calls OpenBLAS's ``openblas_read_env``, stops its workers with ``blas_thread_shutdown_``
+(what OpenBLAS's own fork handler does) and starts them again with ``blas_thread_init``,
+which reads the new timeout. Any other BLAS (MKL, Accelerate, an OpenMP build of OpenBLAS) is left
+alone.
 
 Waking sleeping workers has its price: a parallel Numba launch measured 80-110 us on the
 2-core benchmark VM with either layer, so ``kernels/cpu.py`` runs calls that touch less than
 ``PARALLEL_MIN_BYTES`` (8 MiB) on the calling thread instead (every core is compiled in a
-serial and a parallel version). (``OPENBLAS_THREAD_TIMEOUT`` would shorten the
-spin, but OpenBLAS reads it when NumPy is imported, before minicnn can set it;
-export it yourself if you like.)
+serial and a parallel version).
 
 Thread count
 ------------
@@ -38,6 +46,7 @@ Variables the user exported are never overwritten.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 
@@ -97,6 +106,41 @@ def _choose_threading_layer() -> None:
         numba.config.THREADING_LAYER = "workqueue"
 
 
+OPENBLAS_SPIN = 20
+"""``OPENBLAS_THREAD_TIMEOUT`` set by minicnn: OpenBLAS's idle workers spin ``2**20`` cycles."""
+
+
+def _shorten_openblas_spin() -> bool:
+    """Make a loaded pthreads OpenBLAS spin ``2**OPENBLAS_SPIN`` cycles after a GEMM, not ``2**28``.
+
+    Returns whether it did. Does nothing if the user exported ``OPENBLAS_THREAD_TIMEOUT``
+    or the BLAS is not a pthreads OpenBLAS exporting the four functions used.
+    """
+    if os.environ.get("OPENBLAS_THREAD_TIMEOUT"):
+        return False
+    libraries = [info["filepath"] for info in threadpoolctl.threadpool_info()
+                 if info["internal_api"] == "openblas" and info.get("threading_layer") == "pthreads"]
+    if not libraries:
+        return False
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(OPENBLAS_SPIN)
+    done = False
+    for path in libraries:
+        try:
+            library = ctypes.CDLL(path)
+            read_env, timeout = library.openblas_read_env, library.openblas_thread_timeout
+            shutdown, start = library.blas_thread_shutdown_, library.blas_thread_init
+        except (OSError, AttributeError):  # an OpenBLAS that does not export them
+            continue
+        read_env()                 # OpenBLAS reads its variables again ...
+        if timeout() == OPENBLAS_SPIN:
+            shutdown()             # ... and its workers start again, with the new timeout
+            start()
+            done = True
+    if not done:
+        del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+    return done
+
+
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads in Numba's kernels and in the BLAS behind the GEMMs."""
     global _blas_limiter
@@ -116,11 +160,13 @@ def describe() -> dict:
     blas = {info["internal_api"]: info["num_threads"]
             for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"}
     return {"numba_threading_layer": numba.threading_layer(), "numba_threads": numba.get_num_threads(),
-            "blas_threads": blas, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "blas_threads": blas, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
 
 
 def _init_from_environment() -> None:
     _choose_threading_layer()
+    _shorten_openblas_spin()
     requested = _env_int("MINICNN_THREADS")
     if requested is not None:
         set_num_threads(requested)
