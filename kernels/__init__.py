@@ -90,6 +90,10 @@ def relu_backward(dy, relu_output):
     return _impl(dy).relu_backward(dy, relu_output)
 
 
+def matmul(a, b, out=None):
+    return _impl(a).matmul(a, b, out)
+
+
 def matmul_nt(a, b):
     return _impl(a).matmul_nt(a, b)
 

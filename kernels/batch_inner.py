@@ -47,7 +47,7 @@ from numba import get_num_threads, njit, prange
 from minicnn.backend import get_workspace_limit, scratch
 
 from . import blas
-from .cpu import _geometry, _kernel, _unsigned, _valid_range, matmul_nt, one_blas_thread
+from .cpu import _geometry, _kernel, _unsigned, _valid_range, matmul, matmul_nt, one_blas_thread
 from .reference import check_conv_operands, output_hw
 
 __all__ = ["conv", "conv_backward", "im2col", "col2im", "column_order", "BATCH_BLOCK", "BLOCK_BYTES"]
@@ -402,7 +402,7 @@ def conv(x, weight, stride, padding, dilation=(1, 1), bias=None, relu=False, kee
         cols = _columns(xb, x.shape, geometry, out_hw, (start, stop),
                         np.empty(shape, dtype=x.dtype) if out is None else out)
         kept = [cols] if keep else None
-        np.matmul(w2, cols, out=z2[:, start * hw:stop * hw])
+        matmul(w2, cols, out=z2[:, start * hw:stop * hw])
     y = np.empty((n, c_out, *out_hw), dtype=x.dtype)
     _from_blocked(y.nbytes, z2.reshape(-1), bias, bool(relu), BATCH_BLOCK, y.reshape(n, c_out, hw))
     return y, kept
@@ -462,7 +462,7 @@ def conv_backward(dy, x, weight, stride, padding, dilation=(1, 1), relu_output=N
     dxb = scratch("batch_inner.dx", (x.size,), x.dtype)
     for start, stop in chunks:
         dcols = kept if kept is not None else scratch("cols", (taps, (stop - start) * hw), x.dtype)
-        np.matmul(w2t, dz2[:, start * hw:stop * hw], out=dcols)
+        matmul(w2t, dz2[:, start * hw:stop * hw], out=dcols)
         _col2im(dcols.nbytes, dcols, n, c_in, h, w, BATCH_BLOCK, start, stop, dxb, *geometry, *out_hw)
     dx = np.empty(x.shape, dtype=x.dtype)
     _from_blocked(dx.nbytes, dxb, np.zeros(c_in, x.dtype), False, BATCH_BLOCK, dx.reshape(n, c_in, h * w))

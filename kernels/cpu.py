@@ -40,6 +40,7 @@ from numba import get_num_threads, njit, prange
 
 from minicnn.backend import scratch
 
+from . import blas
 from .reference import check_out, output_hw
 
 __all__ = [
@@ -932,12 +933,82 @@ _SGEMM_PAD_ROWS = range(5, 8)
 def matmul_nt(a, b):
     """``a @ b.T`` for ``a`` (M, K) and ``b`` (N, K): a convolution's weight gradient ``dY2 @ cols.T``."""
     m = a.shape[0]
+    if _on_lanes(a, b, b.shape[0], True):
+        return matmul(a, b.T)
     if a.dtype != np.float32 or b.dtype != np.float32 or m not in _SGEMM_PAD_ROWS:
         return np.ascontiguousarray((b @ a.T).T) if b.shape[0] > m else a @ b.T
     padded = scratch("matmul_nt", (8, a.shape[1]), np.float32)
     padded[:m] = a
     padded[m:] = 0  # rows of their own in the product: only keep garbage (denormals, NaN) out
     return (padded @ b.T)[:m]
+
+
+# ---------------------------------------------------------------- one GEMM on minicnn's threads
+# A GEMM that OpenBLAS splits over its own threads needs a core that Numba's workers may still
+# hold: when they share torch's OpenMP runtime (torch imported first) they spin ~8 ms after each
+# kernel, and the GEMM's second thread gets half a core. So the large GEMMs of the im2col paths
+# run on Numba's threads instead: each thread ("lane") multiplies its own share of C's
+# columns (or rows, for a tall C) with NumPy's BLAS on one thread (``kernels/blas.py``).
+MATMUL_ON_LANES = True
+"""Tests switch this off to compare; ``False`` leaves every product to ``numpy.matmul``."""
+MATMUL_ON_LANES_MIN_FLOP = 8e6
+"""Products smaller than this stay in ``numpy.matmul`` (OpenBLAS runs those on one thread anyway)."""
+
+
+@njit(cache=True, parallel=True)
+def _matmul_by_lanes(fn, lanes, transpose_b, by_rows, m, n, k, a, lda, b, ldb, c, ldc):
+    """``c = a @ op(b)``, lane ``l`` computing rows (``by_rows``) or columns ``l/lanes ..
+    (l+1)/lanes`` of ``c`` (boundaries at multiples of 16). Operands as ``blas.gemm``'s, flat."""
+    size = m if by_rows else n
+    for lane in prange(lanes):
+        start = (lane * size // lanes) // 16 * 16
+        stop = size if lane == lanes - 1 else ((lane + 1) * size // lanes) // 16 * 16
+        if stop <= start:
+            continue
+        if by_rows:
+            blas.gemm(fn, transpose_b, stop - start, n, k, a[start * lda:], lda, b, ldb, 0.0, c[start * ldc:], ldc)
+        else:
+            b_at = b[start * ldb:] if transpose_b else b[start:]
+            blas.gemm(fn, transpose_b, m, stop - start, k, a, lda, b_at, ldb, 0.0, c[start:], ldc)
+
+
+def _leading(a) -> int:
+    """Row stride in elements of a 2-D array whose rows are contiguous, else 0."""
+    if a.ndim != 2 or (a.shape[1] > 1 and a.strides[1] != a.itemsize) or a.strides[0] % a.itemsize:
+        return 0
+    return a.strides[0] // a.itemsize
+
+
+def _on_lanes(a, b, n, transposed_b=False) -> bool:
+    """Does ``a @ b`` (``n`` columns) go to ``_matmul_by_lanes``?"""
+    return (MATMUL_ON_LANES and get_num_threads() > 1 and a.dtype == b.dtype and 2.0 * a.shape[0] * a.shape[1] * n >= MATMUL_ON_LANES_MIN_FLOP
+            and blas.gemm_function(a.dtype) is not None)
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` for 2-D float arrays, into ``out`` if given: big products on minicnn's threads
+    (``_matmul_by_lanes``), others through ``numpy.matmul``. ``b`` may be a transposed view."""
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+    if not _on_lanes(a, b, n) or out.dtype != a.dtype:
+        return np.matmul(a, b, out=out)
+    lda = _leading(a)
+    if lda == 0:
+        a, lda = np.ascontiguousarray(a), k
+    transpose_b = _leading(b) == 0 and _leading(b.T) != 0   # b = (n, k) rows, seen transposed
+    ldb = _leading(b.T) if transpose_b else _leading(b)
+    ldc = _leading(out)
+    if ldb == 0 or ldc == 0 or np.shares_memory(out, a) or np.shares_memory(out, b):
+        return np.matmul(a, b, out=out)
+    lanes = get_num_threads()
+    flat = lambda arr, ld, rows: np.lib.stride_tricks.as_strided(arr, ((rows - 1) * ld + arr.shape[1],), (arr.itemsize,))
+    with one_blas_thread():
+        _matmul_by_lanes(blas.gemm_function(a.dtype), lanes, transpose_b, m > n, m, n, k, flat(a, lda, m), lda,
+                         flat(b.T if transpose_b else b, ldb, n if transpose_b else k), ldb,
+                         flat(out, ldc, m), ldc)
+    return out
 
 
 # ---------------------------------------------------------------- independent GEMMs, side by side

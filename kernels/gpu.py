@@ -26,12 +26,12 @@ from .reference import _into, check_out, output_hw
 # Batch norm on the GPU is the reference's maths itself, run on CuPy arrays (it uses array
 # methods only): its reductions are bandwidth-bound and CuPy's kernels are already fast there.
 from .reference import batchnorm_backward, batchnorm_forward  # noqa: E402,F401
-from .reference import matmul_each, matmul_nt, sum_matmul_nt  # noqa: E402,F401  (cuBLAS through CuPy)
+from .reference import matmul, matmul_each, matmul_nt, sum_matmul_nt  # noqa: E402,F401  (cuBLAS through CuPy)
 
 __all__ = [
     "im2col", "col2im", "maxpool_forward", "maxpool_backward",
     "avgpool_forward", "avgpool_backward", "depthwise_forward", "depthwise_backward",
-    "batchnorm_forward", "batchnorm_backward", "conv_epilogue", "conv_epilogue_backward", "matmul_nt",
+    "batchnorm_forward", "batchnorm_backward", "conv_epilogue", "conv_epilogue_backward", "matmul", "matmul_nt",
     "matmul_each", "sum_matmul_nt", "SOURCE_PATH",
 ]
 

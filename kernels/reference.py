@@ -251,6 +251,11 @@ def relu_backward(dy, relu_output):
     return np.where(relu_output > 0, dy, np.zeros((), dtype=np.result_type(dy, relu_output)))
 
 
+def matmul(a, b, out=None):
+    """``a @ b`` into ``out`` if given (the CPU version runs big products on minicnn's threads)."""
+    return get_array_module(a).matmul(a, b, out=out)
+
+
 def matmul_nt(a, b):
     """``a @ b.T`` for ``a`` (M, K) and ``b`` (N, K): a convolution's weight gradient
     ``dY2 @ cols.T``. (The CPU version only works around a slow BLAS case.)"""

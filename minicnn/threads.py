@@ -5,18 +5,22 @@ pooling, ``col2im``, in ``minicnn.kernels``) and OpenBLAS's (the GEMM behind
 ``W @ cols``). Both pools *spin* for a while after finishing a job, waiting for
 the next one. On a machine with few cores the spinning pool steals the cores
 the other pool is trying to work on, and a training step runs 3-10x slower
-than the sum of its parts. This module is imported once by ``import minicnn``
-and makes the Numba side wait passively:
+than the sum of its parts. This module is imported once by ``import minicnn``:
 
-* If the user chose nothing (``NUMBA_THREADING_LAYER`` unset) and no OpenMP
-  runtime that Numba would share is loaded yet, Numba uses its OpenMP layer
-  with ``OMP_WAIT_POLICY=PASSIVE`` (idle workers sleep instead of spinning;
-  cheapest launch, ~20 us).
-* If such an OpenMP runtime is already loaded (``import torch`` before
-  ``import minicnn`` does that) its wait policy was fixed when it loaded, so
-  Numba uses its ``workqueue`` layer instead, whose idle workers block on a
-  condition variable (~60 us per launch). The workqueue layer does not allow
-  two Python threads to run minicnn kernels at the same moment.
+* Numba uses its OpenMP layer (``omp``) unless the user chose one with
+  ``NUMBA_THREADING_LAYER``. If no OpenMP runtime that Numba would share is loaded yet,
+  minicnn sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set a policy): idle workers
+  sleep at once, and a kernel launch costs ~20 us.
+* If such a runtime is already loaded (``import torch`` before ``import minicnn`` does
+  that), Numba shares it with its policy: torch's workers spin ~5-8 ms after each
+  kernel, and so do Numba's. That keeps launches at ~3-20 us (Numba's ``workqueue``
+  layer, used here until the twelfth session, sleeps and paid ~150 us a launch on
+  the 2-core benchmark VM, where waking an idle virtual CPU is slow), and the large
+  GEMMs no longer need a core of their own: they run on Numba's threads too
+  (``kernels.cpu.matmul``, ``kernels/batch_inner.py``, ``kernels/winograd.py``), one
+  BLAS thread each. In two full benchmark runs against two with ``workqueue`` and
+  NumPy's own GEMMs: VGG-mini's step 1.23-1.27x torch's time against 1.37-1.55, LeNet-5's
+  0.53-0.55 against 0.71-0.83 (docs/benchmarks.md, twelfth session).
 
 OpenBLAS's idle workers spin too, calling ``sched_yield``, for ``2**28`` CPU cycles
 (~0.1 s) after each multi-threaded GEMM, and ``sched_yield`` hands a core back only in
@@ -93,17 +97,14 @@ def _shared_openmp_loaded() -> bool:
 
 
 def _choose_threading_layer() -> None:
-    """Pick a passive-waiting Numba layer, unless the user chose one or Numba already started."""
+    """Numba's OpenMP layer, idle workers sleeping if we can still say so, unless the user
+    chose a layer or Numba already started."""
     if os.environ.get("NUMBA_THREADING_LAYER") or numba.np.ufunc.parallel._is_initialized:
         return
     user_wait_policy = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
     if not _shared_openmp_loaded() and not user_wait_policy:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by libgomp when Numba loads it below
-        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
-    elif os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
-    else:
-        numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 
 
 OPENBLAS_SPIN = 20

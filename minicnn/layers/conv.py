@@ -132,7 +132,6 @@ def _conv_gemm(x, weight, stride, pads, dilation, keep_cols: bool = False, reuse
     must copy what it keeps before the next convolution call. Each block's GEMM writes
     straight into its columns of ``Y2``, and block columns live in the scratch ``"cols"``.
     """
-    xp = get_array_module(x)
     n, c_out, kernel = x.shape[0], weight.shape[0], weight.shape[2:]
     w2d = weight.reshape(c_out, -1)
     ho, wo = kernels.output_hw(x.shape, kernel, stride, pads, dilation)
@@ -141,10 +140,10 @@ def _conv_gemm(x, weight, stride, pads, dilation, keep_cols: bool = False, reuse
     if len(chunks) == 1 and keep_cols:  # the columns get their own memory: kept for backward
         out = _reusable(reuse, (w2d.shape[1], n * ho * wo), x)
         cols = kernels.im2col(x, kernel, stride, pads, dilation, out=out)
-        return xp.matmul(w2d, cols, out=y2), [cols]
+        return kernels.matmul(w2d, cols, out=y2), [cols]
     for part in chunks:
         cols = _block_im2col(x, part, kernel, stride, pads, dilation, w2d.shape[1], ho * wo)
-        xp.matmul(w2d, cols, out=y2[:, _columns(part, ho * wo)])
+        kernels.matmul(w2d, cols, out=y2[:, _columns(part, ho * wo)])
     return y2, None
 
 
@@ -176,7 +175,7 @@ def _conv_input_grad_gemm(dy2, weight, x_shape, stride, pads, dilation, spent_co
         dcols = _reusable(spent_cols, shape, dy2)
         if dcols is None:
             dcols = scratch("cols", shape, dy2.dtype, like=dy2)
-        xp.matmul(w2d.T, dy2[:, _columns(part, hw)], out=dcols)
+        kernels.matmul(w2d.T, dy2[:, _columns(part, hw)], out=dcols)
         dx[part] = kernels.col2im(dcols, dx[part].shape, kernel, stride, pads, dilation)
     return dx
 

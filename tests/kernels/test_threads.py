@@ -36,6 +36,7 @@ print(json.dumps({"before": before, "after": after, "error": error,
 
 
 def _pthreads_openblas_with_two_threads():
+    import numpy  # noqa: F401  (loads its BLAS, so threadpoolctl sees it)
     return any(info["internal_api"] == "openblas" and info.get("threading_layer") == "pthreads"
                and info["num_threads"] >= 2 for info in threadpoolctl.threadpool_info())
 
@@ -95,3 +96,29 @@ def test_shorten_leaves_no_setting_behind_when_the_functions_are_missing(monkeyp
          "filepath": ctypes.util.find_library("m") or "libm.so.6"}])
     assert threads._shorten_openblas_spin() is False
     assert "OPENBLAS_THREAD_TIMEOUT" not in os.environ
+
+
+LAYER_SCRIPT = r"""
+import json, os, sys
+if sys.argv[1] == "torch":
+    import torch
+import numpy as np
+import minicnn
+from minicnn.kernels import cpu
+cpu.maxpool_forward(np.ones((64, 64, 32, 32), np.float32), (2, 2), (2, 2), (0, 0, 0, 0))  # starts Numba's pool
+print(json.dumps(minicnn.threads.describe()))
+"""
+
+
+@pytest.mark.parametrize("first", ["torch", "minicnn"])
+def test_numba_runs_on_openmp_whoever_was_imported_first(first):
+    if first == "torch":
+        pytest.importorskip("torch")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    result = subprocess.run([sys.executable, "-c", LAYER_SCRIPT, first], env=env, capture_output=True,
+                            text=True, timeout=300, check=True)
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["numba_threading_layer"] == "omp"
+    # minicnn asks for sleeping workers only where it is still in time to: before any libgomp loaded
+    assert got["omp_wait_policy"] == (None if first == "torch" else "PASSIVE")
