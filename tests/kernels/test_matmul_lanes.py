@@ -92,3 +92,39 @@ def test_conv2d_on_the_im2col_path_through_the_lanes(lanes, dtype):
     assert_matches(layer.grads["weight"], expected_dw, dtype)
     assert_matches(layer.grads["bias"], expected_db, dtype)
     assert calls == ([count] * 3 if count > 1 else [])
+
+
+@pytest.fixture(params=[2, 3], ids=["2-lanes", "3-lanes"])
+def product_lanes(request, monkeypatch):
+    """Stacks of products on 2 or 3 lanes (thresholds opened); a spy records each call's lane count."""
+    monkeypatch.setattr(cpu, "MATMUL_ON_LANES_MIN_FLOP", 0)
+    monkeypatch.setattr(cpu, "SIDE_BY_SIDE_MIN_FLOP", float("inf"))
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: request.param)
+    calls = []
+    real = cpu._products_by_lanes
+
+    def spy(*args):
+        calls.append(args[1])
+        return real(*args)
+    monkeypatch.setattr(cpu, "_products_by_lanes", spy)
+    return request.param, calls
+
+
+@needs_blas
+@pytest.mark.parametrize("n", [1, 5, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stacked_products_match_einsum_in_float64(product_lanes, n, dtype):
+    # A 1x1 convolution's products: out[i] = W @ x[i] and sum_i dy[i] @ x[i].T
+    count, calls = product_lanes
+    rng = np.random.default_rng(n)
+    w, x = rng.standard_normal((12, 7)).astype(dtype), rng.standard_normal((n, 7, 30)).astype(dtype)
+    dy = rng.standard_normal((n, 12, 30)).astype(dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    out = np.empty((n, 12, 30), dtype)
+    cpu.matmul_each(w, x, out)
+    np.testing.assert_allclose(out, np.einsum("mk,nkp->nmp", w.astype(np.float64), x.astype(np.float64)), **tol)
+    cpu.matmul_each(np.ascontiguousarray(w.T).T, x, out)  # a transposed view, as the input gradient passes
+    np.testing.assert_allclose(out, np.einsum("mk,nkp->nmp", w.astype(np.float64), x.astype(np.float64)), **tol)
+    total = cpu.sum_matmul_nt(dy, x)
+    np.testing.assert_allclose(total, np.einsum("nmp,nkp->mk", dy.astype(np.float64), x.astype(np.float64)), **tol)
+    assert calls == [count] * 3
