@@ -1037,7 +1037,9 @@ def _side_by_side_pool(workers: int):
 
 
 SIDE_BY_SIDE_MIN_FLOP = 12e6
-"""Products smaller than this run one after another. Measured in MobileNet-mini's step (batch
+"""Products smaller than this do not go side by side on Python threads: ``matmul_each`` and
+``sum_matmul_nt`` run them on Numba's threads (``_products``) where they can, else one after
+another (until the twelfth session, always one after another). Measured in MobileNet-mini's step (batch
 32, pointwise products of 4-8 MFLOP): side by side each 1x1 layer alone ran 20-35 % faster,
 but in the model the step ran 125 against 109 ms; the layers around them slowed down too
 (OpenBLAS wakes its workers when its thread count goes back up, and they spin a while).
