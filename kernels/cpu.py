@@ -933,7 +933,7 @@ _SGEMM_PAD_ROWS = range(5, 8)
 def matmul_nt(a, b):
     """``a @ b.T`` for ``a`` (M, K) and ``b`` (N, K): a convolution's weight gradient ``dY2 @ cols.T``."""
     m = a.shape[0]
-    if _on_lanes(a, b, b.shape[0], True):
+    if _on_lanes(a, b, b.shape[0]):
         return matmul(a, b.T)
     if a.dtype != np.float32 or b.dtype != np.float32 or m not in _SGEMM_PAD_ROWS:
         return np.ascontiguousarray((b @ a.T).T) if b.shape[0] > m else a @ b.T
@@ -979,8 +979,8 @@ def _leading(a) -> int:
     return a.strides[0] // a.itemsize
 
 
-def _on_lanes(a, b, n, transposed_b=False) -> bool:
-    """Does ``a @ b`` (``n`` columns) go to ``_matmul_by_lanes``?"""
+def _on_lanes(a, b, n) -> bool:
+    """Is ``a @ b`` (``n`` columns) big enough for ``_matmul_by_lanes``, and can it run?"""
     return (MATMUL_ON_LANES and get_num_threads() > 1 and a.dtype == b.dtype and 2.0 * a.shape[0] * a.shape[1] * n >= MATMUL_ON_LANES_MIN_FLOP
             and blas.gemm_function(a.dtype) is not None)
 
@@ -992,15 +992,15 @@ def matmul(a, b, out=None):
     n = b.shape[1]
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a, b))
-    if not _on_lanes(a, b, n) or out.dtype != a.dtype:
-        return np.matmul(a, b, out=out)
+    if not _on_lanes(a, b, n) or out.dtype != a.dtype or b.shape[0] != k or out.shape != (m, n):
+        return np.matmul(a, b, out=out)  # small, or NumPy's own error for operands that do not fit
     lda = _leading(a)
     if lda == 0:
         a, lda = np.ascontiguousarray(a), k
     transpose_b = _leading(b) == 0 and _leading(b.T) != 0   # b = (n, k) rows, seen transposed
     ldb = _leading(b.T) if transpose_b else _leading(b)
     ldc = _leading(out)
-    if ldb == 0 or ldc == 0 or np.shares_memory(out, a) or np.shares_memory(out, b):
+    if ldb == 0 or ldc == 0 or np.may_share_memory(out, a) or np.may_share_memory(out, b):
         return np.matmul(a, b, out=out)
     lanes = get_num_threads()
     flat = lambda arr, ld, rows: np.lib.stride_tricks.as_strided(arr, ((rows - 1) * ld + arr.shape[1],), (arr.itemsize,))
@@ -1124,7 +1124,11 @@ def _products(a, b, out, transpose_b) -> bool:
     each product on OpenBLAS's two threads. L6's 17 MFLOP products stay side by side: split
     statically over the lanes they ran 0.41-0.48x torch against 0.35-0.36 (a thread the
     machine slows down cannot hand work over)."""
-    total = 2.0 * out.size * a.shape[-1]
+    n, m, p = out.shape
+    k = a.shape[-1]
+    if a.shape not in ((1, m, k), (n, m, k)) or b.shape != ((n, p, k) if transpose_b else (n, k, p)):
+        return False  # the caller's path raises NumPy's error
+    total = 2.0 * out.size * k
     if not (MATMUL_ON_LANES and get_num_threads() > 1 and total >= MATMUL_ON_LANES_MIN_FLOP
             and total / out.shape[0] < SIDE_BY_SIDE_MIN_FLOP
             and a.dtype == b.dtype == out.dtype and blas.gemm_function(a.dtype) is not None

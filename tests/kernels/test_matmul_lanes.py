@@ -128,3 +128,14 @@ def test_stacked_products_match_einsum_in_float64(product_lanes, n, dtype):
     total = cpu.sum_matmul_nt(dy, x)
     np.testing.assert_allclose(total, np.einsum("nmp,nkp->mk", dy.astype(np.float64), x.astype(np.float64)), **tol)
     assert calls == [count] * 3
+
+
+@needs_blas
+def test_operands_that_do_not_fit_raise_instead_of_writing_past_out(lanes):
+    a, b = np.ones((16, 150), np.float32), np.ones((150, 1600), np.float32)
+    with pytest.raises(ValueError, match="mismatch"):
+        cpu.matmul(a, b, out=np.empty((16, 100), np.float32))
+    with pytest.raises(ValueError, match="mismatch"):
+        cpu.matmul(a, np.ones((140, 1600), np.float32))
+    with pytest.raises(ValueError):
+        cpu.matmul_each(a, np.ones((3, 150, 40), np.float32), np.empty((3, 16, 50), np.float32))

@@ -3,6 +3,7 @@
 Each test runs a fresh interpreter, because the setting is made once, at ``import minicnn``.
 """
 import ctypes.util
+import importlib
 import json
 import os
 import subprocess
@@ -36,7 +37,7 @@ print(json.dumps({"before": before, "after": after, "error": error,
 
 
 def _pthreads_openblas_with_two_threads():
-    import numpy  # noqa: F401  (loads its BLAS, so threadpoolctl sees it)
+    importlib.import_module("numpy")  # loads its BLAS, so threadpoolctl sees it
     return any(info["internal_api"] == "openblas" and info.get("threading_layer") == "pthreads"
                and info["num_threads"] >= 2 for info in threadpoolctl.threadpool_info())
 
