@@ -14,20 +14,25 @@ needs_blas = pytest.mark.skipif(blas.gemm_function(np.float32) is None,
                                 reason="NumPy's BLAS cannot be called from a Numba kernel here (kernels/blas.py)")
 
 
-@pytest.fixture(params=[1, 2, 3], ids=["1-lane", "2-lanes", "3-lanes"])
-def lanes(request, monkeypatch):
-    """Every product on lanes (threshold 0), with 1 (that is, NumPy's matmul), 2 or 3 of them;
-    a spy records the lane count of each call of the kernel."""
+def _on_lanes(monkeypatch, count, kernel):
+    """``count`` threads as minicnn sees them, every product big enough for the lanes, and a spy
+    on ``cpu.<kernel>`` recording the lane count of each call: ``(count, calls)``."""
     monkeypatch.setattr(cpu, "MATMUL_ON_LANES_MIN_FLOP", 0)
-    monkeypatch.setattr(cpu, "get_num_threads", lambda: request.param)
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: count)
     calls = []
-    real = cpu._matmul_by_lanes
+    real = getattr(cpu, kernel)
 
     def spy(*args):
         calls.append(args[1])
         return real(*args)
-    monkeypatch.setattr(cpu, "_matmul_by_lanes", spy)
-    return request.param, calls
+    monkeypatch.setattr(cpu, kernel, spy)
+    return count, calls
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["1-lane", "2-lanes", "3-lanes"])
+def lanes(request, monkeypatch):
+    """Single products on 1 (that is, NumPy's matmul), 2 or 3 lanes."""
+    return _on_lanes(monkeypatch, request.param, "_matmul_by_lanes")
 
 
 # (m, k, n): wide, tall (split by rows), not multiples of 16, fewer columns than lanes x 16
@@ -96,18 +101,9 @@ def test_conv2d_on_the_im2col_path_through_the_lanes(lanes, dtype):
 
 @pytest.fixture(params=[2, 3], ids=["2-lanes", "3-lanes"])
 def product_lanes(request, monkeypatch):
-    """Stacks of products on 2 or 3 lanes (thresholds opened); a spy records each call's lane count."""
-    monkeypatch.setattr(cpu, "MATMUL_ON_LANES_MIN_FLOP", 0)
+    """Stacks of products on 2 or 3 lanes (none goes side by side on Python threads)."""
     monkeypatch.setattr(cpu, "SIDE_BY_SIDE_MIN_FLOP", float("inf"))
-    monkeypatch.setattr(cpu, "get_num_threads", lambda: request.param)
-    calls = []
-    real = cpu._products_by_lanes
-
-    def spy(*args):
-        calls.append(args[1])
-        return real(*args)
-    monkeypatch.setattr(cpu, "_products_by_lanes", spy)
-    return request.param, calls
+    return _on_lanes(monkeypatch, request.param, "_products_by_lanes")
 
 
 @needs_blas
