@@ -206,12 +206,22 @@ def _block_views(block, nb, n, hw, cols, taps, other, rows):
     return s0, s1, width, cols[:taps * width].reshape(taps, width), other[:rows * width].reshape(rows, width)
 
 
+@njit(cache=True, inline="always")
+def _block_columns(x, s0, s1, nb, xb, block_cols, no_sums, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """Samples ``s0 <= n < s1`` of ``x`` into a lane's ``xb`` in the blocked layout, then
+    their columns into ``block_cols`` (``no_sums``: an empty float64 array)."""
+    width, c, h, w = s1 - s0, x.shape[1], x.shape[2], x.shape[3]
+    block_x = x[s0:s1].reshape(width, c, h * w)
+    _to_blocked_1(block_x, block_x, False, nb, xb, no_sums)
+    _im2col_1(xb, width, c, h, w, nb, 0, width, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+
+
 @njit(cache=True, parallel=True)
 def _conv_by_block(gemm_fn, x, nb, w2, bias, relu, y, xb, cols, z, kh, kw, sh, sw, pt, pl, dh, dw):
     """``conv``'s forward: lane ``l`` of ``cols.shape[0]`` does blocks ``l*B//lanes ..
     (l+1)*B//lanes - 1`` of the B blocks of ``nb`` samples, in its own ``xb[l]`` (the block's
     input, blocked), ``cols[l]`` and ``z[l]`` (flat)."""
-    n, c, h, w = x.shape
+    n = x.shape[0]
     c_out, taps = w2.shape
     ho, wo = y.shape[2], y.shape[3]
     hw, lanes = ho * wo, cols.shape[0]
@@ -220,9 +230,7 @@ def _conv_by_block(gemm_fn, x, nb, w2, bias, relu, y, xb, cols, z, kh, kw, sh, s
         no_sums = np.empty(0)
         for block in range(lane * blocks // lanes, (lane + 1) * blocks // lanes):
             s0, s1, width, block_cols, block_z = _block_views(block, nb, n, hw, cols[lane], taps, z[lane], c_out)
-            block_x = x[s0:s1].reshape(s1 - s0, c, h * w)
-            _to_blocked_1(block_x, block_x, False, nb, xb[lane], no_sums)
-            _im2col_1(xb[lane], s1 - s0, c, h, w, nb, 0, s1 - s0, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            _block_columns(x, s0, s1, nb, xb[lane], block_cols, no_sums, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             blas.gemm(gemm_fn, False, c_out, width, taps, w2, taps, block_cols, width, 0.0, block_z, width)
             _from_blocked_1(block_z.reshape(-1), bias, relu, nb, y[s0:s1].reshape(s1 - s0, c_out, hw))
 
@@ -250,9 +258,7 @@ def _conv_backward_by_block(gemm_fn, dy, mask, relu, x, nb, w2, w2t, input_grad,
                           nb, block_dz.reshape(-1), sums)
             for o in range(c_out):
                 dbias[lane, o] = sums[o] if block == first else dbias[lane, o] + sums[o]
-            block_x = x[s0:s1].reshape(s1 - s0, c, h * w)
-            _to_blocked_1(block_x, block_x, False, nb, xb[lane], sums[:0])
-            _im2col_1(xb[lane], s1 - s0, c, h, w, nb, 0, s1 - s0, block_cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            _block_columns(x, s0, s1, nb, xb[lane], block_cols, sums[:0], kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             # dW += dz @ cols.T, then the columns' gradient W.T @ dz over the columns
             blas.gemm(gemm_fn, True, c_out, taps, width, block_dz, width, block_cols, width,
                       0.0 if block == first else 1.0, dweight[lane], taps)
